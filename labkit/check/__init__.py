@@ -1,0 +1,130 @@
+"""How a lab exercise is checked.
+
+A check is a function ``ex_N_k(answer)`` declared with :func:`exercise`. It property-tests the student's
+answer against labkit's reference on random inputs, prints one line on success and raises
+``AssertionError`` with a hint on failure::
+
+    @exercise("0.1", "write() stores every pair")
+    def ex_0_1(write):
+        for_all(st.integers(1, 8), lambda n: expect(..., "hint"))
+
+The grader (``python -m labkit grade``) runs submissions with ``LABKIT_GRADE_TOKEN`` set; a passing check
+then also prints a receipt derived from that secret, so a hand-written "passed" line earns nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+GRADE_TOKEN_ENV = "LABKIT_GRADE_TOKEN"
+PASS_MARK = "✓"
+REGISTRY: dict[str, Callable] = {}
+
+
+class _Context:
+    label: str = "?"
+
+
+_context = _Context()
+
+
+def receipt(label: str, token: str) -> str:
+    """The line a passing check prints under the grader; only someone who knows ``token`` can forge it."""
+    digest = hashlib.sha256(f"{token}:{label}".encode()).hexdigest()[:16]
+    return f"[labkit-receipt {label} {digest}]"
+
+
+def exercise(label: str, summary: str) -> Callable[[Callable], Callable]:
+    """Declare ``fn`` as the check of exercise ``label`` ("N.k"); ``summary`` is what passing proves."""
+    if not isinstance(label, str) or label.count(".") != 1:
+        raise ValueError(f"label must look like 'N.k', got {label!r}")
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def check(*answers):
+            for answer in answers:
+                if answer is Ellipsis:
+                    raise AssertionError(f"Exercise {label}: replace the `...` placeholder with your answer.")
+            previous, _context.label = _context.label, label
+            try:
+                fn(*answers)
+            finally:
+                _context.label = previous
+            print(f"{PASS_MARK} Exercise {label} passed: {summary}")
+            token = os.environ.get(GRADE_TOKEN_ENV)
+            if token:
+                print(receipt(label, token))
+            return True
+
+        check.label = label
+        check.summary = summary
+        REGISTRY[label] = check
+        return check
+
+    return decorate
+
+
+def expect(condition: bool, hint: str) -> None:
+    """Fail the running check with ``hint`` unless ``condition`` holds."""
+    if not bool(condition):
+        raise AssertionError(f"Exercise {_context.label}: {hint}")
+
+
+def to_numpy(name: str, value) -> np.ndarray:
+    """Turn a student's answer (array, tensor, list, number) into a float64 array, or fail clearly."""
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().double().numpy()
+    except ImportError:  # torch is a labkit dependency; keep the check usable without it
+        pass
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise AssertionError(
+            f"Exercise {_context.label}: {name} should be an array or a number, got {type(value).__name__}"
+        ) from err
+
+
+def expect_close(name: str, actual, expected, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> None:
+    """Fail unless ``actual`` matches ``expected`` in shape and value (numpy ``allclose``)."""
+    actual, expected = to_numpy(name, actual), to_numpy("expected", expected)
+    expect(actual.shape == expected.shape,
+           f"{name} has shape {actual.shape}, expected {expected.shape}. {hint}".strip())
+    if not np.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=False):
+        err = np.abs(actual - expected)
+        worst = np.unravel_index(int(np.nanargmax(err)), err.shape) if err.size else ()
+        raise AssertionError(
+            f"Exercise {_context.label}: {name} is off by up to {np.nanmax(err):.3g} "
+            f"(at index {tuple(int(i) for i in worst)}: got {actual[worst]:.6g}, expected {expected[worst]:.6g}). "
+            f"{hint}".strip()
+        )
+
+
+def for_all(strategy, test: Callable, max_examples: int = 25) -> None:
+    """Run ``test(example)`` on examples drawn from a hypothesis ``strategy`` (derandomised, no database).
+
+    A failure is reported as the check's AssertionError with the smallest failing example hypothesis found.
+    """
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(strategy)
+    def run(example):
+        test(example)
+
+    try:
+        run()
+    except AssertionError:
+        raise
+    except NotImplementedError:
+        raise
+    except Exception as err:  # an exception inside the student's code: say which input triggered it
+        raise AssertionError(f"Exercise {_context.label}: your code raised {type(err).__name__}: {err}") from err
