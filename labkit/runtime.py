@@ -39,12 +39,14 @@ def _labkit_version() -> str:
 
 
 def _optional_versions() -> str:
+    # Read versions from package metadata: importing triton/numba here would cost seconds per kernel start.
+    from importlib.metadata import PackageNotFoundError, version
+
     parts = []
     for name in ("numba", "triton"):
         try:
-            module = __import__(name)
-            parts.append(f"{name} {module.__version__}")
-        except Exception:  # missing or broken install: report, do not fail
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
             parts.append(f"{name} -")
     return " | ".join(parts)
 

@@ -17,3 +17,17 @@ if not _cuda:
 # Two pytest-xdist workers on two cores: spinning OpenMP threads make torch several times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("LABKIT_PROGRESS", "0")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the FAST time of every notebook this run executed (written by tests/nbrun.py)."""
+    import json
+    from pathlib import Path
+
+    timings = Path(__file__).parent / "_executed" / "timings"
+    rows = sorted((json.loads(p.read_text()) for p in timings.glob("*.json")), key=lambda r: r["notebook"]) \
+        if timings.is_dir() else []
+    if rows:
+        terminalreporter.section("notebook FAST times (budget 90 s)")
+        for row in rows:
+            terminalreporter.write_line(f"{row['seconds']:7.1f} s  {row['notebook']}")
