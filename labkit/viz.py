@@ -64,8 +64,8 @@ def line_band(
         if y.shape[0] > 1:
             fig.add_trace(go.Scatter(
                 x=np.concatenate([x, x[::-1]]), y=np.concatenate([mean + std, (mean - std)[::-1]]),
-                fill="toself", fillcolor=_rgba(color, 0.18), line=dict(width=0), hoverinfo="skip",
-                showlegend=False, legendgroup=name,
+                mode="lines", fill="toself", fillcolor=_rgba(color, 0.18), line=dict(width=0),
+                hoverinfo="skip", showlegend=False, legendgroup=name,
             ))
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
                                  line=dict(color=color, width=2), marker=dict(size=5)))
@@ -181,3 +181,19 @@ def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def reference_line(
+    fig: go.Figure, x: Sequence[float], y: Sequence[float], name: str, color: str | None = None,
+    dash: str = "dash",
+) -> go.Figure:
+    """Add a theory/prediction curve to ``fig``: a dashed line without markers. Returns ``fig``.
+
+    color defaults to the dark grey of the palette so measured curves keep the bright colours.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of the same length, got shapes {x.shape} and {y.shape}")
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name,
+                             line=dict(color=color or PALETTE[5], width=2, dash=dash)))
+    return fig

@@ -59,7 +59,6 @@ def exercise(label: str, summary: str) -> Callable[[Callable], Callable]:
             token = os.environ.get(GRADE_TOKEN_ENV)
             if token:
                 print(receipt(label, token))
-            return True
 
         check.label = label
         check.summary = summary
@@ -110,12 +109,19 @@ def expect_close(name: str, actual, expected, atol: float = 1e-6, rtol: float = 
 def for_all(strategy, test: Callable, max_examples: int = 25) -> None:
     """Run ``test(example)`` on examples drawn from a hypothesis ``strategy`` (derandomised, no database).
 
-    A failure is reported as the check's AssertionError with the smallest failing example hypothesis found.
+    Tuned for a check that must stay fast and speak clearly: hypothesis stops at the first failure and
+    shrinks it (no ExceptionGroup of distinct failures) and skips its *explain* phase (which re-runs a
+    failing test for seconds). A failure is reported as the check's AssertionError; a crash of the
+    student's code becomes an AssertionError naming the exception; NotImplementedError (an unsolved stub)
+    passes through.
     """
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    _keep_hypothesis_files_out_of_cwd()
 
     @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck), print_blob=False)
+              suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False,
+              phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink))
     @given(strategy)
     def run(example):
         test(example)
@@ -128,3 +134,13 @@ def for_all(strategy, test: Callable, max_examples: int = 25) -> None:
         raise
     except Exception as err:  # an exception inside the student's code: say which input triggered it
         raise AssertionError(f"Exercise {_context.label}: your code raised {type(err).__name__}: {err}") from err
+
+
+def _keep_hypothesis_files_out_of_cwd() -> None:
+    """Hypothesis writes a ``.hypothesis/`` folder into the working directory (the student's lab folder)."""
+    if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        import tempfile
+
+        from hypothesis.configuration import set_hypothesis_home_dir
+
+        set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "labkit-hypothesis"))

@@ -106,7 +106,7 @@ def correlated_patterns(n: int, d: int, correlation: float, seed: SeedLike = 0) 
 
 
 def sparse_keys(n: int, d: int, active: int, seed: SeedLike = 0) -> np.ndarray:
-    """``n`` sparse non-negative keys: ``active`` entries equal to ``1/sqrt(active)``, the rest 0 (unit length).
+    """``n`` sparse non-negative unit keys: ``active`` entries equal to ``1/sqrt(active)``, the rest 0.
 
     The active units of each key are drawn uniformly without replacement. Returns (n, d).
     """
@@ -121,7 +121,7 @@ def sparse_keys(n: int, d: int, active: int, seed: SeedLike = 0) -> np.ndarray:
     return keys
 
 
-def frame_keys(n: int, d: int, seed: SeedLike = 0, iterations: int = 200) -> np.ndarray:
+def frame_keys(n: int, d: int, seed: SeedLike = 0, iterations: int = 100) -> np.ndarray:
     """``n`` unit keys in R^d that are as close to orthogonal as ``n`` allows. Returns (n, d).
 
     ``n <= d``: orthonormal (``orthogonal_keys``). ``n > d``: a unit-norm tight frame (``KᵀK = (n/d) I``)
@@ -133,9 +133,15 @@ def frame_keys(n: int, d: int, seed: SeedLike = 0, iterations: int = 200) -> np.
     _check_positive("iterations", iterations)
     if n <= d:
         return orthogonal_keys(n, d, seed)
-    keys = rng(seed).standard_normal((n, d))
+    import torch  # torch's BLAS threads idle politely (OMP_WAIT_POLICY) where NumPy's spin on a busy CPU
+
+    keys = torch.as_tensor(rng(seed).standard_normal((n, d)))
     for _ in range(iterations):
-        keys /= np.linalg.norm(keys, axis=1, keepdims=True)
-        u, _, vt = np.linalg.svd(keys, full_matrices=False)
-        keys = np.sqrt(n / d) * (u @ vt)  # nearest tight frame (polar factor), scaled to unit rows on average
-    return keys / np.linalg.norm(keys, axis=1, keepdims=True)
+        keys = keys / keys.norm(dim=1, keepdim=True)
+        # Nearest tight frame: the polar factor K (KᵀK)^(-1/2), scaled so rows have unit length on average.
+        w, v = torch.linalg.eigh(keys.T @ keys)
+        tight = np.sqrt(n / d) * keys @ (v / w.sqrt()) @ v.T
+        if float((tight - keys).abs().max()) < 1e-12:
+            break
+        keys = tight
+    return (keys / keys.norm(dim=1, keepdim=True)).numpy()
