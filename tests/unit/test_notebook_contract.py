@@ -90,3 +90,11 @@ def test_read_reports_missing_and_malformed(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not a valid notebook"):
         notebook.read(bad)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}/{p.name}" for p in NOTEBOOKS])
+def test_instructor_cells_are_hidden_from_the_book(path):
+    for i, cell in enumerate(notebook.read(path).cells):
+        tags = cell.metadata.get("tags", [])
+        if "instructor" in tags:
+            assert "remove-cell" in tags, f"cell {i} is tagged 'instructor' but not 'remove-cell'"

@@ -1,0 +1,229 @@
+"""Kernel benchmarks: each labkit.kernels op against its torch reference, a peer library and the copy
+bandwidth of the same machine (the roofline of a memory-bound op). Writes benchmarks/results/<host>.json.
+
+    python benchmarks/run.py                          # full run, writes benchmarks/results/<host>.json
+    python benchmarks/run.py --quick --out /tmp/x.json   # smoke test: tiny sizes, 2 repeats
+
+Every timing is the median of >= 5 repeats (9 on the CPU, 50 on a GPU) after a warm-up, with the
+last-level cache flushed before each call (a decode step finds its KV cache cold: the other layers ran
+in between); the backends take turns, and ratios are taken within one run, on one machine.
+``bytes moved`` counts what the op must read and write (q, K, V, out); a copy of N bytes moves 2N (read
++ write), so ``roofline = achieved GB/s / copy GB/s`` is comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads distort a shared machine
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without an install
+    sys.path.insert(0, str(ROOT))
+
+from labkit.kernels import available_backends  # noqa: E402
+from labkit.kernels.attend import attend, reference  # noqa: E402
+
+FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect (CPU L3, GPU L2)
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Median time in ms of each of several functions, cold cache, on the CPU or one CUDA device.
+
+    The functions take turns (round-robin), so a machine whose speed drifts during the run (a shared
+    2-core VM) slows them all alike and their ratios stay fair. On CUDA each call is timed with events.
+    """
+
+    def __init__(self, device: torch.device, repeats: int, flush_bytes: int = FLUSH_BYTES):
+        self.device, self.repeats = device, repeats
+        self.flush_buffer = torch.empty(flush_bytes // 4, dtype=torch.float32, device=device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def flush(self) -> None:
+        """Read and write a buffer larger than the cache, evicting K and V (on CUDA: queued, untimed)."""
+        self.flush_buffer.add_(1.0)
+
+    def measure(self, fns: dict[str, Callable[[], object]], flush: bool = True) -> dict[str, float]:
+        for fn in fns.values():  # warm-up: compiles (numba, triton) and allocates
+            fn()
+            fn()
+        self.sync()
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(self.repeats):
+            for name, fn in fns.items():
+                if flush:
+                    self.flush()
+                times[name].append(self._time_one(fn))
+        return {name: statistics.median(ts) for name, ts in times.items()}
+
+    def _time_one(self, fn: Callable[[], object]) -> float:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+
+
+def memory_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict[str, float]:
+    """GB/s of copying ``nbytes`` (counted as 2 * nbytes moved: read + write) with torch and numpy, and of
+    only reading them (``sum``, for reference: no write-allocate traffic), median over repeats."""
+    src = torch.rand(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    runs = {"copy torch": lambda: dst.copy_(src), "read torch": lambda: src.sum()}
+    if device.type == "cpu":
+        a, b = src.numpy(), dst.numpy()
+        runs["copy numpy"] = lambda: np.copyto(b, a)
+    ms = Timer(device, repeats, flush_bytes=4 * 2**20).measure(runs, flush=False)
+    return {name: (2 if name.startswith("copy") else 1) * nbytes / t / 1e6 for name, t in ms.items()}
+
+
+# ---- the cases -------------------------------------------------------------------------------------------
+
+
+def attend_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int]],
+                   copy_gbps: float) -> list[dict]:
+    """Decode attention: reference (torch), the peer (torch SDPA), and every fast backend on ``device``."""
+    fast = [b for b in available_backends(device) if b != "torch"]
+    if device.type == "cpu":
+        fast = [b for b in fast if b != "triton"]  # the Triton interpreter is a test tool, not a benchmark
+    records = []
+    for B, H, T, D in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q, K, V = (torch.randn(*s, generator=g).to(device) for s in ((B, H, D), (B, H, T, D), (B, H, T, D)))
+        moved = (2 * q.numel() + K.numel() + V.numel()) * q.element_size()  # q and out, K and V
+        expected = reference(q, K, V)
+
+        def sdpa(q=q, K=K, V=V):
+            return torch.nn.functional.scaled_dot_product_attention(q[:, :, None, :], K, V)[:, :, 0, :]
+
+        runs = {"reference": lambda q=q, K=K, V=V: reference(q, K, V), "torch-sdpa (peer)": sdpa}
+        for backend in fast:
+            runs[backend] = lambda q=q, K=K, V=V, backend=backend: attend(q, K, V, backend=backend)
+        case = f"B*H={B * H},T={T},D={D}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            err = (runs[name]().float() - expected.float()).abs().max().item()
+            gbps = moved / ms / 1e6
+            records.append({
+                "op": "attend", "case": case, "backend": name, "ms": round(ms, 4), "gbps": round(gbps, 2),
+                "roofline": round(gbps / copy_gbps, 3),
+                "speedup_vs_reference": round(timings["reference"] / ms, 2),
+                "bytes": moved, "max_abs_err": float(f"{err:.3g}"),
+            })
+    return records
+
+
+# ---- report ----------------------------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        # other work on the machine while it ran (1-minute load average; on a 2-core VM, > 1 means contention)
+        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    for name in ("numba", "triton"):
+        try:
+            module = __import__(name)
+            info[name] = module.__version__
+        except Exception:  # missing or broken install
+            info[name] = None
+    if info["numba"]:
+        import numba
+
+        info["numba_threads"] = numba.get_num_threads()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def print_table(result: dict) -> None:
+    bandwidth = "  ".join(f"{k} {v:.1f}" for k, v in result["bandwidth_gbps"].items())
+    print(f"{result['host']}  {result['date']}  {result['machine']['device']}  "
+          f"torch threads {result['machine']['torch_threads']}  GB/s: {bandwidth}  (roof {result['copy_gbps']:.1f})")
+    header = f"{'case':<24} {'backend':<18} {'ms':>9} {'GB/s':>8} {'roofline':>9} {'speedup':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in result["records"]:
+        print(f"{r['case']:<24} {r['backend']:<18} {r['ms']:>9.3f} {r['gbps']:>8.2f} {r['roofline']:>9.2f} "
+              f"{r['speedup_vs_reference']:>7.2f}x")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (a smoke test)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default results/<host>.json; --quick: no file unless given)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7)")
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    repeats = args.repeats or (2 if args.quick else 9 if device.type == "cpu" else 50)
+    if args.quick:
+        cases, copy_bytes, flush_bytes = [(1, 2, 64, 16), (1, 3, 200, 33)], 8 * 2**20, 4 * 2**20
+    else:
+        cases, copy_bytes, flush_bytes = [(4, 8, 1024, 64), (4, 8, 8192, 64)], 256 * 2**20, FLUSH_BYTES
+
+    bandwidth = memory_bandwidth(device, copy_bytes, repeats=max(repeats, 5))
+    copy_gbps = max(v for k, v in bandwidth.items() if k.startswith("copy"))
+    timer = Timer(device, repeats, flush_bytes)
+    result = {
+        "host": socket.gethostname(),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(device),
+        "copy_gbps": round(copy_gbps, 2),
+        "bandwidth_gbps": {k: round(v, 2) for k, v in bandwidth.items()},
+        "records": attend_records(device, timer, cases, copy_gbps),
+    }
+    print_table(result)
+    out = args.out
+    if out is None and not args.quick:
+        out = ROOT / "benchmarks" / "results" / f"{socket.gethostname()}.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

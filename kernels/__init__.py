@@ -1,0 +1,16 @@
+"""Fused ops behind the book, installed as ``labkit.kernels``.
+
+One module per op. Each holds ``reference`` (plain torch, the spec), a ``numba_...`` CPU version, a
+``triton_...`` GPU version, and one public function that checks its inputs and dispatches by device and
+``backend=`` ("auto" | "torch" | "numba" | "triton"). ``available_backends()`` lists what runs here.
+
+Triton runs on the CPU only through its interpreter, and ``TRITON_INTERPRET=1`` must be set before this
+package is imported (Triton reads it when the kernels are defined).
+"""
+
+from __future__ import annotations
+
+from ._dispatch import BACKENDS, available_backends
+from .attend import attend
+
+__all__ = ["BACKENDS", "attend", "available_backends"]
