@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from labkit.kernels import _dispatch, attend, available_backends
 from labkit.kernels.attend import reference
 
