@@ -12,12 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 from nbrun import ROOT, execute, executed_path, fresh
 
 pytestmark = pytest.mark.book
 BIN = Path(sys.executable).parent
+
+
+def _hide_injected_parameters(executed: Path, target: Path) -> None:
+    """Copy an executed notebook, hiding the cell papermill injected (FAST = True) from the page."""
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, target)
 
 
 def _toc_files() -> list[str]:
@@ -51,7 +62,7 @@ def site(tmp_path_factory) -> Path:
         if source.suffix == ".ipynb":
             if not fresh(source):
                 execute(source)
-            shutil.copy(executed_path(source), target)
+            _hide_injected_parameters(executed_path(source), target)
         else:
             shutil.copy(source, target)
     result = subprocess.run([str(BIN / "jupyter-book"), "build", str(src), "-W", "-n", "--keep-going"],
