@@ -37,8 +37,9 @@ test-fast: lint
 	LABKIT_PROGRESS=0 $(VENV)/bin/pytest -n $(JOBS) -m "not book and not notebook and not slow" tests
 
 # Full-size execution of every notebook through jupyter-book's cache (only changed notebooks re-run).
+# Progress bars are for people running a notebook, not for the static page: silenced here.
 book: setup
-	$(VENV)/bin/jupyter-book build . 
+	LABKIT_PROGRESS=0 $(VENV)/bin/jupyter-book build .
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 lab: setup
