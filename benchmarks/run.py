@@ -1,12 +1,16 @@
 """Kernel benchmarks: each labkit.kernels op against its torch reference, a peer library and the copy
 bandwidth of the same machine (the roofline of a memory-bound op). Writes benchmarks/results/<host>.json.
+Ops: ``attend`` (decode attention), ``tree_attend`` (tree verification attention; with 64 queries per
+K/V byte it is bound by arithmetic, so its records also give GFLOP/s) and ``verify_sample`` (speculative
+verify-and-sample; no peer library in torch).
 
     python benchmarks/run.py                          # full run, writes benchmarks/results/<host>.json
     python benchmarks/run.py --quick --out /tmp/x.json   # smoke test: tiny sizes, 2 repeats
 
 Every timing is the median of >= 5 repeats (9 on the CPU, 50 on a GPU) after a warm-up, with the
 last-level cache flushed before each call (a decode step finds its KV cache cold: the other layers ran
-in between); the backends take turns, and ratios are taken within one run, on one machine.
+in between; verify_sample is timed warm: its logits were just written); the backends take turns, and
+ratios are taken within one run, on one machine.
 ``bytes moved`` counts what the op must read and write (q, K, V, out); a copy of N bytes moves 2N (read
 + write), so ``roofline = achieved GB/s / copy GB/s`` is comparable.
 """
@@ -36,6 +40,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without an install
 
 from labkit.kernels import available_backends  # noqa: E402
 from labkit.kernels.attend import attend, reference  # noqa: E402
+from labkit.kernels.tree_attend import reference as tree_reference  # noqa: E402
+from labkit.kernels.tree_attend import tree_attend, tree_mask  # noqa: E402
+from labkit.kernels.verify_sample import reference as verify_reference  # noqa: E402
+from labkit.kernels.verify_sample import verify_sample  # noqa: E402
 
 FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect (CPU L3, GPU L2)
 
@@ -137,6 +145,96 @@ def attend_records(device: torch.device, timer: Timer, cases: list[tuple[int, in
     return records
 
 
+def _fast_backends(device: torch.device) -> list[str]:
+    fast = [b for b in available_backends(device) if b != "torch"]
+    if device.type == "cpu":
+        fast = [b for b in fast if b != "triton"]  # the Triton interpreter is a test tool, not a benchmark
+    return fast
+
+
+def _random_tree(N: int, seed: int = 0) -> torch.Tensor:
+    """A random tree of N nodes, like a draft tree: each node's parent drawn from the earlier nodes."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.tensor([-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, N)])
+
+
+def tree_attend_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int]],
+                        copy_gbps: float) -> list[dict]:
+    """Tree verification attention: reference, the peer (torch SDPA with the dense mask), fast backends.
+
+    A case is (B, H, N, P, D): N tree tokens over a prefix of P. ``gflops`` counts the dense work the
+    reference does (4 B H N (P + N) D); with N queries per K/V row the op is compute-bound on a CPU.
+    """
+    records = []
+    for B, H, N, P, D in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        shapes = ((B, H, N, D), (B, H, P, D), (B, H, P, D), (B, H, N, D), (B, H, N, D))
+        q, Kp, Vp, Kt, Vt = (torch.randn(*s, generator=g).to(device) for s in shapes)
+        parents = _random_tree(N)
+        args = (q, Kp, Vp, Kt, Vt, parents)
+        moved = (2 * q.numel() + Kp.numel() + Vp.numel() + Kt.numel() + Vt.numel()) * q.element_size()
+        flops = 4 * B * H * N * (P + N) * D
+        expected = tree_reference(*args)
+
+        def sdpa(q=q, Kp=Kp, Vp=Vp, Kt=Kt, Vt=Vt, parents=parents, P=P, N=N):
+            mask = torch.cat([torch.ones(N, P, dtype=torch.bool, device=q.device),
+                              tree_mask(parents).to(q.device)], dim=1)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, torch.cat([Kp, Kt], dim=2), torch.cat([Vp, Vt], dim=2), attn_mask=mask)
+
+        runs = {"reference": lambda args=args: tree_reference(*args), "torch-sdpa (peer)": sdpa}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda args=args, backend=backend: tree_attend(*args, backend=backend)
+        case = f"tree B*H={B * H},N={N},P={P},D={D}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            err = (runs[name]().float() - expected.float()).abs().max().item()
+            gbps = moved / ms / 1e6
+            records.append({
+                "op": "tree_attend", "case": case, "backend": name, "ms": round(ms, 4), "gbps": round(gbps, 2),
+                "roofline": round(gbps / copy_gbps, 3),
+                "speedup_vs_reference": round(timings["reference"] / ms, 2),
+                "bytes": moved, "gflops": round(flops / ms / 1e6, 1), "max_abs_err": float(f"{err:.3g}"),
+            })
+    return records
+
+
+def verify_sample_records(device: torch.device, timer: Timer, cases: list[tuple[int, int]],
+                          copy_gbps: float) -> list[dict]:
+    """Speculative verify-and-sample: reference and the fast backends (no peer library in torch).
+
+    A case is (γ, V). The draft is the target blurred a little and the acceptance uniforms are small, so
+    every draft token is accepted and the bonus token drawn: the worst case, every row read. ``bytes`` is
+    what that reads once (logits and draft probabilities). Timed with a warm cache: the logits were just
+    written by the target's last layer, and at ~0.1 ms a cold call mostly times the Python interpreter's
+    own cache misses (both backends alike).
+    """
+    records = []
+    for gamma, V in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        logits = 3 * torch.randn(gamma + 1, V, generator=g)
+        q = torch.softmax(logits[:gamma] + 0.3 * torch.randn(gamma, V, generator=g), dim=-1)
+        tokens = torch.multinomial(q, 1, generator=g).flatten()
+        uniforms = torch.rand(gamma + 1, generator=g) * torch.tensor([0.05] * gamma + [1.0])
+        args = tuple(x.to(device) for x in (logits, q, tokens, uniforms))
+        moved = logits.numel() * logits.element_size() + q.numel() * q.element_size()
+        expected = verify_reference(*args)
+        runs = {"reference": lambda args=args: verify_reference(*args)}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda args=args, backend=backend: verify_sample(*args, backend=backend)
+        case = f"verify γ={gamma},V={V}"
+        timings = timer.measure(runs, flush=False)
+        for name, ms in timings.items():
+            gbps = moved / ms / 1e6
+            records.append({
+                "op": "verify_sample", "case": case, "backend": name, "ms": round(ms, 4), "gbps": round(gbps, 2),
+                "roofline": round(gbps / copy_gbps, 3),
+                "speedup_vs_reference": round(timings["reference"] / ms, 2),
+                "bytes": moved, "n_accepted": expected[0], "agrees_with_reference": runs[name]() == expected,
+            })
+    return records
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -175,12 +273,14 @@ def print_table(result: dict) -> None:
     bandwidth = "  ".join(f"{k} {v:.1f}" for k, v in result["bandwidth_gbps"].items())
     print(f"{result['host']}  {result['date']}  {result['machine']['device']}  "
           f"torch threads {result['machine']['torch_threads']}  GB/s: {bandwidth}  (roof {result['copy_gbps']:.1f})")
-    header = f"{'case':<24} {'backend':<18} {'ms':>9} {'GB/s':>8} {'roofline':>9} {'speedup':>8}"
+    header = (f"{'case':<34} {'backend':<18} {'ms':>9} {'GB/s':>8} {'roofline':>9} {'speedup':>8} "
+              f"{'GFLOP/s':>8}")
     print(header)
     print("-" * len(header))
     for r in result["records"]:
-        print(f"{r['case']:<24} {r['backend']:<18} {r['ms']:>9.3f} {r['gbps']:>8.2f} {r['roofline']:>9.2f} "
-              f"{r['speedup_vs_reference']:>7.2f}x")
+        gflops = f"{r['gflops']:>8.1f}" if "gflops" in r else ""
+        print(f"{r['case']:<34} {r['backend']:<18} {r['ms']:>9.3f} {r['gbps']:>8.2f} {r['roofline']:>9.2f} "
+              f"{r['speedup_vs_reference']:>7.2f}x {gflops}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -199,8 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.repeats or (2 if args.quick else 9 if device.type == "cpu" else 50)
     if args.quick:
         cases, copy_bytes, flush_bytes = [(1, 2, 64, 16), (1, 3, 200, 33)], 8 * 2**20, 4 * 2**20
+        tree_cases, verify_cases = [(1, 2, 5, 16, 16)], [(2, 64)]
     else:
         cases, copy_bytes, flush_bytes = [(4, 8, 1024, 64), (4, 8, 8192, 64)], 256 * 2**20, FLUSH_BYTES
+        tree_cases = [(1, 8, 64, 2048, 64), (1, 8, 16, 512, 64)]  # (B, H, N tree tokens, P prefix, D)
+        verify_cases = [(4, 512), (4, 32000)]  # (γ, V)
 
     bandwidth = memory_bandwidth(device, copy_bytes, repeats=max(repeats, 5))
     copy_gbps = max(v for k, v in bandwidth.items() if k.startswith("copy"))
@@ -212,7 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(device),
         "copy_gbps": round(copy_gbps, 2),
         "bandwidth_gbps": {k: round(v, 2) for k, v in bandwidth.items()},
-        "records": attend_records(device, timer, cases, copy_gbps),
+        "records": attend_records(device, timer, cases, copy_gbps)
+        + tree_attend_records(device, timer, tree_cases, copy_gbps)
+        + verify_sample_records(device, timer, verify_cases, copy_gbps),
     }
     print_table(result)
     out = args.out

@@ -12,5 +12,7 @@ from __future__ import annotations
 
 from ._dispatch import BACKENDS, available_backends
 from .attend import attend
+from .tree_attend import tree_attend
+from .verify_sample import verify_sample
 
-__all__ = ["BACKENDS", "attend", "available_backends"]
+__all__ = ["BACKENDS", "attend", "available_backends", "tree_attend", "verify_sample"]
