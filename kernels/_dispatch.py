@@ -9,6 +9,8 @@ the device of the inputs into the one implementation to run, or a clear error.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 
 import torch
@@ -115,3 +117,40 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     if device.type == "cpu" and has_numba():
         return "numba"
     return "torch"
+
+
+# ---- input checks shared by the ops ------------------------------------------------------------------
+
+
+def check_scale(scale, D: int) -> float:
+    """The attention scale: 1/sqrt(D) for None, else a finite real number (clear error otherwise)."""
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def check_lengths(name: str, lengths, B: int, low: int, high: int, high_name: str,
+                  device: torch.device) -> torch.Tensor:
+    """A (B,) integer tensor of per-row valid lengths in ``low..high`` on ``device`` (clear error otherwise).
+
+    ``high_name`` names the bound in the message (e.g. "T" for a cache of T positions)."""
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be an integer tensor of shape (B,), got {lengths!r}") from err
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise TypeError(f"{name} must hold integers, got {lengths.dtype}")
+    if tuple(lengths.shape) != (B,):
+        raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+    if lengths.device != device:
+        raise ValueError(f"{name} must be on q's device {device}, got {lengths.device}")
+    if B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < low or hi > high:
+            raise ValueError(f"{name} must lie in {low}..{high_name} = {low}..{high}, got values from {lo} to {hi}")
+    return lengths

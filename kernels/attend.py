@@ -20,14 +20,12 @@ Four implementations, top to bottom:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ._dispatch import resolve_backend, triton_interpret
+from ._dispatch import check_lengths, check_scale, resolve_backend, triton_interpret
 
 try:
     from numba import njit, prange
@@ -346,28 +344,7 @@ def _check_inputs(q, K, V, lengths, scale) -> tuple[torch.Tensor | None, float]:
     if not (q.dtype == K.dtype == V.dtype):
         raise TypeError(f"q, K and V must share one dtype, got q {q.dtype}, K {K.dtype}, V {V.dtype}")
 
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-
+    scale = check_scale(scale, D)
     if lengths is None:
-        return None, float(scale)
-    if not isinstance(lengths, torch.Tensor):
-        try:
-            lengths = torch.as_tensor(lengths, device=q.device)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"lengths must be an integer tensor of shape (B,), got {lengths!r}") from err
-    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
-        raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
-    if tuple(lengths.shape) != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-    if lengths.device != q.device:
-        raise ValueError(f"lengths must be on q's device {q.device}, got {lengths.device}")
-    if B > 0:
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 1 or hi > T:
-            raise ValueError(f"lengths must lie in 1..T = 1..{T}, got values from {lo} to {hi}")
-    return lengths, float(scale)
+        return None, scale
+    return check_lengths("lengths", lengths, B, 1, T, "T", q.device), scale

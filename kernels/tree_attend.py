@@ -34,14 +34,13 @@ Four implementations, top to bottom:
 from __future__ import annotations
 
 import math
-import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ._dispatch import resolve_backend, triton_interpret
+from ._dispatch import check_lengths, check_scale, resolve_backend, triton_interpret
 
 try:
     import numba
@@ -611,28 +610,7 @@ def _check_inputs(q, K_prefix, V_prefix, K_tree, V_tree, parents, prefix_len, sc
                         + ", ".join(f"{name} {x.dtype}" for name, x in named))
     parents = _check_parents(parents, N)
 
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-
+    scale = check_scale(scale, D)
     if prefix_len is None:
-        return parents, None, float(scale)
-    if not isinstance(prefix_len, torch.Tensor):
-        try:
-            prefix_len = torch.as_tensor(prefix_len, device=q.device)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"prefix_len must be an integer tensor of shape (B,), got {prefix_len!r}") from err
-    if prefix_len.dtype == torch.bool or prefix_len.is_floating_point() or prefix_len.is_complex():
-        raise TypeError(f"prefix_len must hold integers, got {prefix_len.dtype}")
-    if tuple(prefix_len.shape) != (B,):
-        raise ValueError(f"prefix_len must have shape (B,) = ({B},), got {tuple(prefix_len.shape)}")
-    if prefix_len.device != q.device:
-        raise ValueError(f"prefix_len must be on q's device {q.device}, got {prefix_len.device}")
-    if B > 0:
-        lo, hi = int(prefix_len.min()), int(prefix_len.max())
-        if lo < 0 or hi > P:
-            raise ValueError(f"prefix_len must lie in 0..P = 0..{P}, got values from {lo} to {hi}")
-    return parents, prefix_len, float(scale)
+        return parents, None, scale
+    return parents, check_lengths("prefix_len", prefix_len, B, 0, P, "P", q.device), scale
