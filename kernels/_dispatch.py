@@ -19,6 +19,24 @@ from labkit.runtime import BACKENDS, current
 
 __all__ = ["BACKENDS", "available_backends", "check_backend", "resolve_backend"]
 
+# The optional compilers, imported once for every op. Without numba the decorators become no-ops (the
+# module still imports; the numba backend is unavailable); without triton, ``triton`` and ``tl`` are None.
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:
+    numba = None
+    prange = range
+
+    def njit(*args, **kwargs):
+        return lambda fn: fn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only machines, macOS
+    triton = tl = None
+
 
 @functools.cache
 def has_numba() -> bool:

@@ -25,22 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._dispatch import check_lengths, check_scale, resolve_backend, triton_interpret
-
-try:
-    from numba import njit, prange
-except ImportError:  # the numba backend is then unavailable; the module still imports
-    prange = range
-
-    def njit(*args, **kwargs):
-        return lambda fn: fn
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the triton backend is then unavailable (CPU-only machines, macOS)
-    triton = tl = None
-
+from ._dispatch import check_lengths, check_scale, njit, prange, resolve_backend, tl, triton, triton_interpret
 
 # ------------------------------------------------------------------------------------------------------
 # 1. The reference: the definition, written as plainly as possible.

@@ -40,24 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._dispatch import check_lengths, check_scale, resolve_backend, triton_interpret
-
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # the numba backend is then unavailable; the module still imports (pure-Python helpers)
-    numba = None
-    prange = range
-
-    def njit(*args, **kwargs):
-        return lambda fn: fn
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the triton backend is then unavailable (CPU-only machines, macOS)
-    triton = tl = None
-
+from ._dispatch import check_lengths, check_scale, njit, numba, prange, resolve_backend, tl, triton, triton_interpret
 
 # ------------------------------------------------------------------------------------------------------
 # 0. The tree: parents -> ancestor bitsets -> dense mask.

@@ -41,20 +41,7 @@ import numbers
 import numpy as np
 import torch
 
-from ._dispatch import resolve_backend
-
-try:
-    from numba import njit
-except ImportError:  # the numba backend is then unavailable; the module still imports
-    def njit(*args, **kwargs):
-        return lambda fn: fn
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the triton backend is then unavailable (CPU-only machines, macOS)
-    triton = tl = None
-
+from ._dispatch import njit, resolve_backend, tl, triton
 
 # ------------------------------------------------------------------------------------------------------
 # 1. The reference: the definition, written as plainly as possible.
