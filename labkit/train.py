@@ -1,7 +1,8 @@
 """Train the book's tiny language models: ``python -m labkit.train NAME``.
 
 NAME is ``tinylm`` (≈1.9M parameters, token shift), ``tinylm-draft`` (≈10x smaller, token shift; the
-draft for speculative decoding) or ``tinylm-plain`` (the target's size without token shift). Data comes
+draft for speculative decoding), ``tinylm-plain`` (the target's size without token shift) or
+``tinylm-draft-plain`` (the draft's size without token shift: the draft of ``tinylm-plain``). Data comes
 from ``labkit.data.corpus`` (English from ``pydoc_data.topics`` + packed lookup/trace/copy episodes).
 
 Schedule (warmup-stable-decay): AdamW at a constant rate after a short warmup; the rate decays linearly to
@@ -75,6 +76,9 @@ RECIPES: dict[str, Recipe] = {
     "tinylm-plain": Recipe(_cfg(token_shift=False), steps=800, minutes=15.0),
     "tinylm-draft": Recipe(_cfg(d_model=64, n_layers=3, n_heads=4, n_kv_heads=4, d_ff=192, token_shift=True),
                            steps=800, minutes=6.0),
+    # the draft without token shift: a plain Llama that exports to HF (the assistant of HF assisted generation)
+    "tinylm-draft-plain": Recipe(_cfg(d_model=64, n_layers=3, n_heads=4, n_kv_heads=4, d_ff=192,
+                                      token_shift=False), steps=800, minutes=6.0),
 }
 
 

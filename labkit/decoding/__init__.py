@@ -378,8 +378,11 @@ def speculative_generate(
 def find_candidates(tokens: Sequence[int], ngram: int = 3, num_draft: int = 8) -> list[int]:
     """The draft of prompt lookup: what followed the most recent earlier occurrence of the last n-gram.
 
-    Tries n = ``ngram``, ngram − 1, ..., 1 and returns up to ``num_draft`` tokens that followed the latest
+    Tries n = ``ngram``, ngram − 1, ..., 1 and returns ``num_draft`` tokens that followed the latest
     earlier match of ``tokens[-n:]``; an empty list when even the last token never occurred before.
+    Inside a repeating run the latest match is close to the end and its continuation is cut short; the
+    draft then continues the run periodically (period = distance from the match to the end), which is
+    what the text would do if the repetition goes on.
     """
     ngram, num_draft = _check_int("ngram", ngram, 1), _check_int("num_draft", num_draft, 1)
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -388,7 +391,8 @@ def find_candidates(tokens: Sequence[int], ngram: int = 3, num_draft: int = 8) -
         starts = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
         if starts.size:
             follow = starts[-1] + n  # the most recent occurrence; its continuation starts here
-            return tokens[follow:follow + num_draft].tolist()
+            period = len(tokens) - follow
+            return tokens[follow + np.arange(num_draft) % period].tolist()
     return []
 
 

@@ -3,6 +3,10 @@
     model = labkit.models.load("tinylm")        # ~2M-parameter TinyLM with token shift
     model = labkit.models.load("tinylm-draft")  # ~10x smaller draft model (speculative decoding)
     model = labkit.models.load("tinylm-plain")  # the target's size without token shift (a plain Llama)
+    model = labkit.models.load("tinylm-draft-plain")  # the draft's size without token shift (its draft)
+
+The two plain models export to Hugging Face ``LlamaForCausalLM`` with ``labkit.models.hf.to_hf`` (the
+peers of ``benchmarks/decoding.py``).
 
 Each ``NAME`` has ``NAME.pt`` (a torch state dict, loaded with ``weights_only=True``), ``NAME.json``
 (config, training recipe, final metrics, provenance) and ``NAME.curve.json`` (the training curve).
@@ -20,7 +24,7 @@ from labkit.models.tinylm import KVCache, TinyLM, TinyLMConfig
 __all__ = ["ASSETS", "KVCache", "MODELS", "TinyLM", "TinyLMConfig", "available", "card", "curve", "load"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-MODELS = ("tinylm", "tinylm-draft", "tinylm-plain")
+MODELS = ("tinylm", "tinylm-draft", "tinylm-plain", "tinylm-draft-plain")
 
 
 def _check_name(name: str) -> None:
@@ -49,7 +53,7 @@ def curve(name: str) -> list[dict]:
 
 
 def load(name: str, device: str | torch.device = "cpu") -> TinyLM:
-    """The trained model ``name`` ("tinylm" | "tinylm-draft" | "tinylm-plain") in eval mode on ``device``."""
+    """The trained model ``name`` (one of ``MODELS``) in eval mode on ``device``."""
     info = card(name)
     model = TinyLM(TinyLMConfig.from_dict(info["config"]))
     state = torch.load(ASSETS / f"{name}.pt", map_location="cpu", weights_only=True)

@@ -235,8 +235,11 @@ def test_the_lossless_test_rejects_a_biased_acceptance_rule(six_token_pair, monk
 
 def test_find_candidates():
     assert find_candidates([1, 2, 3, 9, 9, 1, 2, 3], ngram=3, num_draft=2) == [9, 9]
-    assert find_candidates([1, 2, 3, 4, 1, 2, 3, 5, 1, 2, 3], ngram=3, num_draft=8) == [5, 1, 2, 3]  # latest
-    assert find_candidates([7, 8, 5, 6, 8], ngram=3) == [5, 6, 8]  # falls back to the last 1-gram
+    assert find_candidates([1, 2, 3, 4, 1, 2, 3, 5, 1, 2, 3], ngram=3, num_draft=4) == [5, 1, 2, 3]  # latest
+    # the latest match's continuation runs into the end: the run continues periodically
+    assert find_candidates([1, 2, 3, 4, 1, 2, 3, 5, 1, 2, 3], ngram=3, num_draft=6) == [5, 1, 2, 3, 5, 1]
+    assert find_candidates([0, 9, 9, 9, 9], ngram=2, num_draft=5) == [9, 9, 9, 9, 9]
+    assert find_candidates([7, 8, 5, 6, 8], ngram=3, num_draft=3) == [5, 6, 8]  # falls back to the last 1-gram
     assert find_candidates([1, 2, 3], ngram=2) == [] and find_candidates([4], ngram=2) == []
     assert greedy_verify(torch.eye(5)[[1, 2, 0, 4]], [1, 2, 3]) == (2, 0)
     assert greedy_verify(torch.eye(5)[[1]], []) == (0, 1)
