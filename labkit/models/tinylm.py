@@ -331,6 +331,21 @@ class TinyLM(nn.Module):
         p = self.embed_tokens.weight
         return KVCache(self.config, batch_size, self.model_id, dtype=p.dtype, device=p.device)
 
+    def embed(self, tokens: torch.Tensor, prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The input embedding with token shift: ``E[x_t] + E_prev[x_{t-1}]`` -> (B, T, d_model).
+
+        tokens: (B, T) ids; prev_tokens: (B, T) the previous token of each (-1 = none; default: tokens
+        shifted right, the first one without a previous token). Without token shift it is ``E[x_t]``.
+        """
+        h = self.embed_tokens(tokens)
+        if self.embed_prev is not None:
+            if prev_tokens is None:
+                none = torch.full_like(tokens[:, :1], NO_TOKEN)
+                prev_tokens = torch.cat([none, tokens[:, :-1]], dim=1)
+            has_prev = (prev_tokens >= 0).unsqueeze(-1)
+            h = h + self.embed_prev(prev_tokens.clamp(min=0)) * has_prev
+        return h
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -338,7 +353,9 @@ class TinyLM(nn.Module):
         positions: torch.Tensor | None = None,
         tree_mask: torch.Tensor | None = None,
         prev_tokens: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        embeds: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of the next token after each of ``tokens``.
 
         tokens: (B, T) integer ids in 0..vocab_size-1 (the new tokens when a cache is given).
@@ -348,16 +365,22 @@ class TinyLM(nn.Module):
             new tokens always attend to every cached position. Default: causal.
         prev_tokens: (B, T) the previous token of each new token for token shift (trees: the parent's
             token; -1 = none). Default: tokens shifted right, the first one from ``cache.last_tokens``.
-        Returns logits (B, T, vocab_size) float32.
+        embeds: (B, T, d_model) input vectors used instead of ``embed(tokens, prev_tokens)`` (e.g. trained
+            prompt tokens); ``tokens`` still name the entries the cache records.
+        return_hidden: also return the hidden states after the final norm, (B, T, d_model).
+        Returns logits (B, T, vocab_size) float32, or ``(logits, hidden)`` with ``return_hidden``.
         """
         tokens, positions, tree_mask, prev_tokens = self._check(tokens, cache, positions, tree_mask, prev_tokens)
         B, T = tokens.shape
         cached = cache.length if cache is not None else 0
 
-        h = self.embed_tokens(tokens)
-        if self.embed_prev is not None:
-            has_prev = (prev_tokens >= 0).unsqueeze(-1)
-            h = h + self.embed_prev(prev_tokens.clamp(min=0)) * has_prev
+        if embeds is None:
+            h = self.embed(tokens, prev_tokens)
+        else:
+            if not isinstance(embeds, torch.Tensor) or embeds.shape != (B, T, self.config.d_model):
+                got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+                raise ValueError(f"embeds must have shape {(B, T, self.config.d_model)}, got {got}")
+            h = embeds.to(self.embed_tokens.weight.dtype)
 
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_base)
         if cached == 0 and tree_mask is None:
@@ -371,7 +394,9 @@ class TinyLM(nn.Module):
             h = layer(h, cos, sin, mask, cache, i, self.backend)
         if cache is not None:
             cache._append_tokens(tokens, positions)
-        return self.lm_head(self.norm(h)).float()
+        hidden = self.norm(h)
+        logits = self.lm_head(hidden).float()
+        return (logits, hidden) if return_hidden else logits
 
     # -- input checks --------------------------------------------------------------------------------
     def _check(self, tokens, cache, positions, tree_mask, prev_tokens):
