@@ -4,6 +4,8 @@ NAME is ``tinylm`` (≈1.9M parameters, token shift), ``tinylm-draft`` (≈10x s
 draft for speculative decoding), ``tinylm-plain`` (the target's size without token shift) or
 ``tinylm-draft-plain`` (the draft's size without token shift: the draft of ``tinylm-plain``). Data comes
 from ``labkit.data.corpus`` (English from ``pydoc_data.topics`` + packed lookup/trace/copy episodes).
+``tinylm-medusa`` and ``tinylm-ppd`` train chapter 1's guessers on the frozen tinylm instead
+(``labkit.decoding.parallel``: Medusa heads, PPD prompt tokens).
 
 Schedule (warmup-stable-decay): AdamW at a constant rate after a short warmup; the rate decays linearly to
 0 over a final cooldown that starts when the held-out 8-pair lookup accuracy is ≥ 0.97 *and* the English
@@ -341,8 +343,17 @@ def train(name: str, recipe: Recipe, out: Path, fast: bool = False, command: str
     return card
 
 
+GUESSERS = {"tinylm-medusa": "medusa", "tinylm-ppd": "ppd"}  # trained on the frozen tinylm by decoding.parallel
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m labkit.train", description=__doc__.splitlines()[0])
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in GUESSERS:  # Medusa heads / PPD prompt tokens: same command, their own trainer
+        from labkit.decoding import parallel
+
+        return parallel.main([GUESSERS[args[0]], *args[1:]])
+    parser = argparse.ArgumentParser(prog="python -m labkit.train", description=__doc__.splitlines()[0],
+                                     epilog="Also: tinylm-medusa, tinylm-ppd (see labkit.decoding.parallel).")
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=None, help="step cap (default: none)")
