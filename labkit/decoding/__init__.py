@@ -49,6 +49,7 @@ __all__ = [
     "measure_latency",
     "next_token_probs",
     "predicted_speedup",
+    "predicted_speedup_one_model",
     "prompt_lookup_generate",
     "sample_next",
     "speculative_generate",
@@ -529,20 +530,42 @@ def predicted_speedup(
     """
     tokens = expected_tokens_per_call(alpha, gamma)
     gamma = int(gamma)
-    if isinstance(latency_curve, Mapping):
-        ns = sorted(latency_curve)
-        if not ns or 1 not in latency_curve or gamma + 1 > ns[-1]:
-            raise ValueError(f"latency_curve must hold n = 1 and reach n = gamma + 1 = {gamma + 1}, "
-                             f"got n in {ns}")
-        times = [latency_curve[n] for n in ns]
-
-        def t(n: int) -> float:
-            return float(np.interp(n, ns, times))
-    elif callable(latency_curve):
-        t = latency_curve
-    else:
-        raise ValueError(f"latency_curve must be a dict {{n: ms}} or a function n -> ms, "
-                         f"got {type(latency_curve).__name__}")
+    t = _latency_function(latency_curve, gamma + 1, "gamma + 1")
     if isinstance(draft_latency, bool) or not isinstance(draft_latency, (int, float)) or not draft_latency >= 0:
         raise ValueError(f"draft_latency must be a number of ms >= 0, got {draft_latency!r}")
     return tokens * t(1) / (gamma * draft_latency + t(gamma + 1))
+
+
+def predicted_speedup_one_model(
+    tokens_per_call: float, inputs_per_call: float, latency_curve: Mapping[int, float] | Callable[[int], float],
+    overhead_ms: float = 0.0, plain_overhead_ms: float = 0.0,
+) -> float:
+    """The same cost model for single-model methods (prompt lookup, Medusa, PPD): no draft model, so
+
+        speedup = tokens per call · (t(1) + o_plain) / (t(inputs per call) + o),
+
+    where a call feeds ``inputs_per_call`` tokens (the last token, the guesses, PPD's prompt tokens) and
+    commits ``tokens_per_call``; ``latency_curve`` as in ``predicted_speedup`` (interpolated in n).
+    ``overhead_ms`` o and ``plain_overhead_ms`` o_plain: what one round of the method / one step of plain
+    decoding costs beyond the bare forward pass (bookkeeping, sampling; for speculative decoding run
+    through this formula, also the draft's steps), measured once on a calibration prompt.
+    """
+    for name, value in (("tokens_per_call", tokens_per_call), ("inputs_per_call", inputs_per_call)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+            raise ValueError(f"{name} must be a number >= 1, got {value!r}")
+    t = _latency_function(latency_curve, inputs_per_call, "inputs_per_call")
+    return tokens_per_call * (t(1) + plain_overhead_ms) / (t(inputs_per_call) + overhead_ms)
+
+
+def _latency_function(latency_curve, largest: float, what: str) -> Callable[[float], float]:
+    """latency_curve ({n: ms} or n -> ms) as a function of n, checked to reach n = ``largest``."""
+    if isinstance(latency_curve, Mapping):
+        ns = sorted(latency_curve)
+        if not ns or 1 not in latency_curve or largest > ns[-1]:
+            raise ValueError(f"latency_curve must hold n = 1 and reach n = {what} = {largest}, got n in {ns}")
+        times = [latency_curve[n] for n in ns]
+        return lambda n: float(np.interp(n, ns, times))
+    if callable(latency_curve):
+        return latency_curve
+    raise ValueError(f"latency_curve must be a dict {{n: ms}} or a function n -> ms, "
+                     f"got {type(latency_curve).__name__}")

@@ -325,3 +325,19 @@ def test_validation_errors(target):
     for name, call in cases:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+def test_predicted_speedup_one_model():
+    from labkit.decoding import predicted_speedup_one_model
+
+    curve = {1: 2.0, 8: 4.0, 16: 6.0}
+    assert predicted_speedup_one_model(3.0, 8, curve) == pytest.approx(3.0 * 2.0 / 4.0)
+    assert predicted_speedup_one_model(2.0, 12, curve) == pytest.approx(2.0 * 2.0 / 5.0)  # interpolated
+    assert predicted_speedup_one_model(1.0, 1, lambda n: 1.0 + n) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="inputs_per_call"):
+        predicted_speedup_one_model(2.0, 32, curve)
+    with pytest.raises(ValueError, match="tokens_per_call"):
+        predicted_speedup_one_model(0.5, 4, curve)
+    # per-round overheads: a method whose rounds cost 2 ms extra loses against a plain step without any
+    assert predicted_speedup_one_model(3.0, 8, curve, overhead_ms=2.0) == pytest.approx(3.0 * 2.0 / 6.0)
+    assert predicted_speedup_one_model(3.0, 8, curve, 2.0, 2.0) == pytest.approx(3.0 * 4.0 / 6.0)
