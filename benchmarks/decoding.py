@@ -14,6 +14,9 @@ first, then the methods take turns (round-robin, so a machine whose speed drifts
 tokens/s is ``max_new_tokens / median`` of >= 5 repeats (7 by default); every ratio is taken within this
 one run, on one machine. Before timing, each method's output is compared with labkit's cached greedy
 ``generate`` (``identical``): all rows here are greedy and must reproduce it token for token.
+A second table (``run_tinylm``, key "tinylm") races chapter 1's methods on the token-shift ``tinylm``
+(speculative with ``tinylm-draft``, prompt lookup, Medusa and PPD trees of the planned size) against
+its own cached greedy decoding: the issue's "best method >= 1.5x with identical output" target.
 Prompts (``prompts()``): the first 32 bytes of the held-out English, 32 bytes of held-out prose, and a
 copy-ish structured prompt (a full copy episode, then the next one's ``<doc> <copy> values <sep>``) from
 ``labkit.data.corpus``; 96 new tokens fill the context of 128.
@@ -227,6 +230,49 @@ def run(repeats: int, max_new_tokens: int) -> dict:
     return {"records": records, "summary": summary}
 
 
+def tinylm_methods(target, draft, max_new_tokens: int) -> list[Method]:
+    """Chapter 1's methods on the token-shift ``tinylm`` (no HF peer: HF Llama has no token shift)."""
+    from labkit.decoding import parallel
+
+    n = max_new_tokens
+    heads, prompts_ppd = parallel.load_medusa(), parallel.load_prompt_tokens()
+    plans = {name: parallel.plan_tree(target, g) for name, g in (("medusa", heads), ("ppd", prompts_ppd))}
+    return [
+        Method(BASELINE, lambda p: decoding.generate(target, p, n)),
+        Method(f"labkit speculative (γ={GAMMA}, tinylm-draft)",
+               lambda p: decoding.speculative_generate(target, draft, p, n, gamma=GAMMA)[0]),
+        Method(f"labkit prompt lookup (n={LOOKUP_NGRAM}, k={LOOKUP_DRAFT})",
+               lambda p: decoding.prompt_lookup_generate(target, p, n, ngram=LOOKUP_NGRAM, num_draft=LOOKUP_DRAFT)[0]),
+        Method(f"Medusa tree ({plans['medusa']['size']} nodes, planned)",
+               lambda p: parallel.tree_generate(target, p, n, heads, tree=plans["medusa"]["size"])[0]),
+        Method(f"PPD tree ({plans['ppd']['size']} nodes, prompts on {plans['ppd']['prompt_nodes']}, planned)",
+               lambda p: parallel.tree_generate(target, p, n, prompts_ppd, tree=plans["ppd"]["size"],
+                                                prompt_nodes=plans["ppd"]["prompt_nodes"])[0]),
+    ]
+
+
+def run_tinylm(repeats: int, max_new_tokens: int) -> list[dict]:
+    """The single-model methods on tinylm against its cached greedy decoding, per prompt; every row must
+    reproduce greedy token for token."""
+    target, draft = load("tinylm"), load("tinylm-draft")
+    rows = tinylm_methods(target, draft, max_new_tokens)
+    records = []
+    for prompt_name, prompt in prompts().items():
+        expected = decoding.generate(target, prompt, max_new_tokens)
+        times = time_methods(rows, prompt, repeats)
+        median = {name: statistics.median(ts) for name, ts in times.items()}
+        for row in rows:
+            records.append({
+                "prompt": prompt_name, "method": row.name, "new_tokens": max_new_tokens,
+                "tokens_per_s": round(max_new_tokens / median[row.name], 1),
+                "vs_labkit_greedy": round(median[BASELINE] / median[row.name], 3),
+                "vs_labkit_greedy_paired": paired(times[BASELINE], times[row.name]),
+                "identical_to_greedy": row.run(prompt) == expected,
+                "target_forward_calls": target_calls(target, lambda row=row, prompt=prompt: row.run(prompt)),
+            })
+    return records
+
+
 def print_table(result: dict) -> None:
     print(f"{'prompt':8} {'method':36} {'tok/s':>7} {'vs greedy':>9} {'vs peer':>7} {'(paired)':>8} {'same':>4} "
           f"{'calls':>5}")
@@ -261,10 +307,16 @@ def main(argv: list[str] | None = None) -> dict:
         "prompts": {name: tk.decode(ids) for name, ids in prompts().items()},
         "notes": NOTES,
         **run(repeats, max_new_tokens),
+        "tinylm": run_tinylm(repeats, max_new_tokens),
     }
     result["machine"]["load_avg_1min_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     result["seconds"] = round(time.perf_counter() - started, 1)
     print_table(result)
+    print("\ntinylm (token shift): chapter 1's methods vs its cached greedy decoding")
+    for r in result["tinylm"]:
+        print(f"{r['prompt']:8} {r['method']:44} {r['tokens_per_s']:7.1f} {r['vs_labkit_greedy']:6.2f}× "
+              f"(paired {r['vs_labkit_greedy_paired']:.2f}×) {'yes' if r['identical_to_greedy'] else 'NO':>4} "
+              f"{r['target_forward_calls']:>4} calls")
     out = args.out
     if out is None and not args.quick:
         out = ROOT / "benchmarks" / "results" / f"decoding-{socket.gethostname()}.json"
