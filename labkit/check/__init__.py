@@ -91,6 +91,34 @@ def to_numpy(name: str, value) -> np.ndarray:
         ) from err
 
 
+
+def call_answer(what: str, fn: Callable, *args, **kwargs):
+    """Call the student's ``fn``; turn a crash into an AssertionError that says which call crashed.
+
+    NotImplementedError (an unsolved stub) and AssertionError pass through unchanged.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:
+        raise AssertionError(
+            f"Exercise {_context.label}: {what} raised {type(err).__name__}: {err}") from err
+
+
+def answer_array(name: str, value) -> np.ndarray:
+    """``value`` (what the student's code returned) as a float64 array; None fails with a hint."""
+    if value is None:
+        raise AssertionError(f"Exercise {_context.label}: {name} returned None: did you forget `return`?")
+    return to_numpy(name, value)
+
+
+def answer_number(name: str, value) -> float:
+    """``value`` as one float; an array of several numbers fails with a hint."""
+    array = answer_array(name, value)
+    expect(array.size == 1, f"{name} should be a single number, got an array of shape {array.shape}")
+    return float(array.reshape(()))
+
 def expect_close(name: str, actual, expected, atol: float = 1e-6, rtol: float = 1e-5, hint: str = "") -> None:
     """Fail unless ``actual`` matches ``expected`` in shape and value (numpy ``allclose``)."""
     actual, expected = to_numpy(name, actual), to_numpy("expected", expected)

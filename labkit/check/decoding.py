@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from labkit.check import _context, exercise, expect, expect_close, for_all, to_numpy
+from labkit.check import answer_array as _array
+from labkit.check import answer_number as _number
+from labkit.check import call_answer as _call
+from labkit.check import exercise, expect, expect_close, for_all, to_numpy
 
 _SEEDS = st.integers(0, 2**16)
 F64 = torch.float64
@@ -35,31 +38,6 @@ def _gaussian(seed: int, *shape: int) -> torch.Tensor:
     """A float64 tensor of i.i.d. standard normal entries, reproducible from ``seed``."""
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
 
-
-def _call(what: str, fn: Callable, *args, **kwargs):
-    """Call the student's ``fn``; a crash becomes an AssertionError naming the call.
-
-    NotImplementedError (an unsolved stub) and AssertionError pass through unchanged.
-    """
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, AssertionError):
-        raise
-    except Exception as err:
-        raise AssertionError(
-            f"Exercise {_context.label}: {what} raised {type(err).__name__}: {err}") from err
-
-
-def _array(name: str, value) -> np.ndarray:
-    if value is None:
-        raise AssertionError(f"Exercise {_context.label}: {name} returned None: did you forget `return`?")
-    return to_numpy(name, value)
-
-
-def _number(name: str, value) -> float:
-    array = _array(name, value)
-    expect(array.size == 1, f"{name} should be a single number, got an array of shape {array.shape}")
-    return float(array.reshape(()))
 
 
 def _close(a: np.ndarray, b, atol: float = 1e-8, rtol: float = 1e-6) -> bool:

@@ -18,7 +18,10 @@ import torch
 from hypothesis import strategies as st
 
 from labkit import data, prologue
-from labkit.check import _context, exercise, expect, expect_close, for_all, to_numpy
+from labkit.check import answer_array as _array
+from labkit.check import answer_number as _number
+from labkit.check import call_answer as _call
+from labkit.check import exercise, expect, expect_close, for_all, to_numpy
 
 # The size at which exercise 0.5 asks for the capacity, and how close alpha_c must come to labkit's value.
 CAPACITY_D = 100
@@ -40,31 +43,6 @@ def _pm1(seed: int, n: int, d: int) -> torch.Tensor:
     """``n`` random ±1 patterns of length ``d`` (float64 tensor)."""
     return torch.from_numpy(data.binary_patterns(n, d, seed))
 
-
-def _call(what: str, fn: Callable, *args, **kwargs):
-    """Call the student's ``fn``; turn a crash into an AssertionError that says which call crashed.
-
-    NotImplementedError (an unsolved stub) and AssertionError pass through unchanged.
-    """
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, AssertionError):
-        raise
-    except Exception as err:
-        raise AssertionError(
-            f"Exercise {_context.label}: {what} raised {type(err).__name__}: {err}") from err
-
-
-def _array(name: str, value) -> np.ndarray:
-    if value is None:
-        raise AssertionError(f"Exercise {_context.label}: {name} returned None: did you forget `return`?")
-    return to_numpy(name, value)
-
-
-def _number(name: str, value) -> float:
-    array = _array(name, value)
-    expect(array.size == 1, f"{name} should be a single number, got an array of shape {array.shape}")
-    return float(array.reshape(()))
 
 
 

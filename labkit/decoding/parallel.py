@@ -281,6 +281,35 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * max(0.0, (steps - step) / max(1, steps - warmup))
 
 
+def _optimise(parameters: list[nn.Parameter], steps: int, lr: float, step_loss, desc: str, progress: bool,
+              minutes: float | None, clip: float | None = None) -> list[dict]:
+    """AdamW over ``parameters`` with warmup and linear decay; ``step_loss(step)`` draws a batch and returns
+    the loss. ``minutes`` caps the wall clock, ``clip`` the gradient norm. Returns the history: one dict
+    per step {step, loss, lr, seconds}."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    history: list[dict] = []
+    start = time.perf_counter()
+    bar = progress_bar(total=steps, desc=desc, **({} if progress else {"disable": True}))
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup=min(20, steps // 10 + 1))
+        loss = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+        history.append({"step": step + 1, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": round(time.perf_counter() - start, 3)})
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+        if minutes is not None and time.perf_counter() - start > 60 * minutes:
+            break
+    bar.close()
+    return history
+
+
 def medusa_loss(head_logits: torch.Tensor, row: torch.Tensor, decay: float = 0.8) -> torch.Tensor:
     """Σ_i decay^i · CE(head i at t, true token t+2+i), mean over the positions that have that token.
 
@@ -313,32 +342,17 @@ def train_medusa(
     data = make_rng(seed)
     heads = MedusaHeads(model, n_heads)
     heads.train()
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     C = model.config.context
-    history: list[dict] = []
-    start = time.perf_counter()
-    bar = progress_bar(total=steps, desc="train medusa", **({} if progress else {"disable": True}))
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup=min(20, steps // 10 + 1))
+
+    def step_loss(step: int) -> torch.Tensor:
         batch = corpus.training_batch(data, batch_size, C, english_fraction)
         inputs = torch.from_numpy(batch.inputs).to(_device(model))
         row = torch.cat([inputs, torch.from_numpy(batch.targets[:, -1:]).to(inputs.device)], dim=1)
         with torch.no_grad():
             _, hidden = model(inputs, return_hidden=True)
-        loss = medusa_loss(heads(hidden), row, decay)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
-        optimizer.step()
-        history.append({"step": step + 1, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": round(time.perf_counter() - start, 3)})
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-        if minutes is not None and time.perf_counter() - start > 60 * minutes:
-            break
-    bar.close()
+        return medusa_loss(heads(hidden), row, decay)
+
+    history = _optimise(list(heads.parameters()), steps, lr, step_loss, "train medusa", progress, minutes, clip=1.0)
     return heads.eval(), history
 
 
@@ -396,32 +410,18 @@ def train_prompt_tokens(
     torch.manual_seed(seed)
     data = make_rng(seed)
     prompts = PromptTokens(model, m, n_ensemble, seed=seed)
-    optimizer = torch.optim.AdamW(prompts.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
     device = _device(model)
-    history: list[dict] = []
-    start = time.perf_counter()
-    bar = progress_bar(total=steps, desc="train PPD prompts", **({} if progress else {"disable": True}))
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup=min(20, steps // 10 + 1))
+
+    def step_loss(step: int) -> torch.Tensor:
         batch = corpus.training_batch(data, batch_size, C, english_fraction)
         rows = torch.from_numpy(batch.inputs).to(device)
         anchors = torch.from_numpy(np.sort(data.choice(C - m, size=anchors_per_row, replace=False))).to(device)
         logits, student = _ppd_forward(model, prompts, rows, anchors)
         teacher = logits[:, anchors[:, None] + 1 + torch.arange(m, device=device)]  # (B, G, m, V)
-        loss = ppd_distillation_loss(student.reshape(-1, m, student.shape[-1]),
+        return ppd_distillation_loss(student.reshape(-1, m, student.shape[-1]),
                                      teacher.reshape(-1, m, teacher.shape[-1]), decay)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append({"step": step + 1, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": round(time.perf_counter() - start, 3)})
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-        if minutes is not None and time.perf_counter() - start > 60 * minutes:
-            break
-    bar.close()
+
+    history = _optimise(list(prompts.parameters()), steps, lr, step_loss, "train PPD prompts", progress, minutes)
     return prompts.eval(), history
 
 
