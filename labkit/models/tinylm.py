@@ -240,6 +240,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.kv_transform = None  # see TinyLM.set_kv_transform
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, backend: str) -> torch.Tensor:
         """x: (B, T, d_model); mask: None (causal, no cache) or (B|1, 1, T, S) bool, True = may attend."""
@@ -247,6 +248,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.kv_transform is not None:  # e.g. a low-rank projection of the cache (chapter 2), before RoPE
+            k, v = self.kv_transform(layer, k, v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, Hkv, S, Dh), S = cached + T
@@ -325,6 +328,19 @@ class TinyLM(nn.Module):
     def num_parameters(self) -> int:
         """Number of distinct parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def set_kv_transform(self, transform=None) -> None:
+        """Route every layer's new keys and values through ``transform(layer, k, v) -> (k, v)`` before RoPE
+        and before they enter the cache (k, v: (B, n_kv_heads, T, head_dim)); None removes it.
+
+        Chapter 2's feature-axis compressors use it: a fixed basis must act on keys *before* the rotation,
+        which mixes dimensions differently at every position.
+        """
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable (layer, k, v) -> (k, v) or None, "
+                            f"got {type(transform).__name__}")
+        for block in self.layers:
+            block.self_attn.kv_transform = transform
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         """An empty KV cache for this model, on the model's device and dtype."""

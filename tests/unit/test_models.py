@@ -251,3 +251,28 @@ def test_train_cli_fast(tmp_path):
     assert [p["step"] for p in curve] == [0, 2, 4]
     state = torch.load(tmp_path / "tinylm-draft.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values()) and "lm_head.weight" not in state
+
+
+def test_kv_transform_hook_identity_and_effect():
+    import torch
+
+    from labkit.models import load
+
+    model = load("tinylm")
+    tokens = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    base = model(tokens)
+    seen = []
+
+    def identity(layer, k, v):
+        seen.append((layer, tuple(k.shape)))
+        return k, v
+
+    model.set_kv_transform(identity)
+    assert torch.equal(model(tokens), base)
+    assert [s[0] for s in seen] == list(range(model.config.n_layers))
+    model.set_kv_transform(lambda layer, k, v: (k, torch.zeros_like(v)))  # values erased: logits change
+    assert not torch.allclose(model(tokens), base)
+    model.set_kv_transform(None)
+    assert torch.equal(model(tokens), base)
+    with pytest.raises(TypeError, match="transform"):
+        model.set_kv_transform(3)
