@@ -2,10 +2,14 @@
 bandwidth of the same machine (the roofline of a memory-bound op). Writes benchmarks/results/<host>.json.
 Ops: ``attend`` (decode attention), ``tree_attend`` (tree verification attention; with 64 queries per
 K/V byte it is bound by arithmetic, so its records also give GFLOP/s) and ``verify_sample`` (speculative
-verify-and-sample; no peer library in torch).
+verify-and-sample; no peer library in torch), and chapter 2's ``project_attend`` (attention over a rank-r
+cache; also timed against full-cache ``attend``: target speed-up >= 0.7 D/r), ``quant_attend`` (attention over
+a 2/4-bit KIVI cache; target >= 3x its dequantize-then-attend reference) and ``evict_compact`` (top-k
+eviction + gather).
 
     python benchmarks/run.py                          # full run, writes benchmarks/results/<host>.json
     python benchmarks/run.py --quick --out /tmp/x.json   # smoke test: tiny sizes, 2 repeats
+    python benchmarks/run.py --ops project_attend,quant_attend --out /tmp/ch2.json   # only some ops
 
 Every timing is the median of >= 5 repeats (9 on the CPU, 50 on a GPU) after a warm-up, with the
 last-level cache flushed before each call (a decode step finds its KV cache cold: the other layers ran
@@ -40,11 +44,18 @@ if str(ROOT) not in sys.path:  # run from a checkout without an install
 
 from labkit.kernels import available_backends  # noqa: E402
 from labkit.kernels.attend import attend, reference  # noqa: E402
+from labkit.kernels.evict_compact import evict_compact  # noqa: E402
+from labkit.kernels.evict_compact import reference as evict_reference  # noqa: E402
+from labkit.kernels.project_attend import project_attend  # noqa: E402
+from labkit.kernels.project_attend import reference as project_reference  # noqa: E402
+from labkit.kernels.quant_attend import quant_attend, quantize_keys, quantize_values  # noqa: E402
+from labkit.kernels.quant_attend import reference as quant_reference  # noqa: E402
 from labkit.kernels.tree_attend import reference as tree_reference  # noqa: E402
 from labkit.kernels.tree_attend import tree_attend, tree_mask  # noqa: E402
 from labkit.kernels.verify_sample import reference as verify_reference  # noqa: E402
 from labkit.kernels.verify_sample import verify_sample  # noqa: E402
 
+OPS = ("attend", "tree_attend", "verify_sample", "project_attend", "quant_attend", "evict_compact")
 FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect (CPU L3, GPU L2)
 
 
@@ -235,6 +246,101 @@ def verify_sample_records(device: torch.device, timer: Timer, cases: list[tuple[
     return records
 
 
+def _record(op: str, case: str, name: str, ms: float, timings: dict[str, float], moved: int, copy_gbps: float,
+            **extra) -> dict:
+    gbps = moved / ms / 1e6
+    return {"op": op, "case": case, "backend": name, "ms": round(ms, 4), "gbps": round(gbps, 2),
+            "roofline": round(gbps / copy_gbps, 3), "speedup_vs_reference": round(timings["reference"] / ms, 2),
+            "bytes": moved, **extra}
+
+
+def project_attend_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int]],
+                           copy_gbps: float) -> list[dict]:
+    """Attention over a rank-r cache: its reference, full-cache ``attend`` (the fast backend, on the D-wide
+    cache the projection replaces) and the fast backends. A case is (B, H, T, D, r).
+    ``speedup_vs_full_attend`` = attend's time / this time; the target is 0.7 D/r (the traffic falls by D/r)."""
+    records = []
+    for B, H, T, D, r in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q, K, V = (torch.randn(*s, generator=g) for s in ((B, H, D), (B, H, T, D), (B, H, T, D)))
+        U = torch.linalg.qr(torch.randn(H, D, D, generator=g))[0][..., :r].contiguous()
+        # contiguous, like a real cache (einsum may return a permuted layout)
+        Kc, Vc = (torch.einsum("bhtd,hdr->bhtr", x, U).contiguous() for x in (K, V))
+        q, K, V, U, Kc, Vc = (x.to(device) for x in (q, K, V, U, Kc, Vc))
+        moved = (2 * q.numel() + Kc.numel() + Vc.numel() + 2 * U.numel()) * q.element_size()
+        expected = project_reference(q, Kc, Vc, U, U)
+        fast = _fast_backends(device)
+        runs = {"reference": lambda a=(q, Kc, Vc, U, U): project_reference(*a)}
+        if fast:
+            runs[f"attend full D ({fast[0]})"] = lambda a=(q, K, V), b=fast[0]: attend(*a, backend=b)
+        for backend in fast:
+            runs[backend] = lambda a=(q, Kc, Vc, U, U), b=backend: project_attend(*a, backend=b)
+        case = f"proj B*H={B * H},T={T},D={D},r={r}"
+        timings = timer.measure(runs)
+        full = timings.get(f"attend full D ({fast[0]})") if fast else None
+        for name, ms in timings.items():
+            extra = {"target_vs_full": round(0.7 * D / r, 2)}
+            if not name.startswith("attend"):
+                extra["max_abs_err"] = float(f"{(runs[name]().float() - expected.float()).abs().max().item():.3g}")
+            if full is not None:
+                extra["speedup_vs_full_attend"] = round(full / ms, 2)
+            records.append(_record("project_attend", case, name, ms, timings, moved, copy_gbps, **extra))
+    return records
+
+
+def quant_attend_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int, int]],
+                         copy_gbps: float) -> list[dict]:
+    """Attention over a KIVI cache (groups of 32, a residual window of R fp32 tokens): the dequantize-then-
+    attend reference (target: the fast backends >= 3x faster) and full-precision ``attend`` for comparison.
+    A case is (B, H, T, D, bits, R); ``bytes`` counts the packed codes, scales, zeros and the residual."""
+    records = []
+    for B, H, T, D, bits, R in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q, K, V = (torch.randn(*s, generator=g).to(device) for s in ((B, H, D), (B, H, T, D), (B, H, T, D)))
+        Tq = T - R
+        Kq, Vq = quantize_keys(K[:, :, :Tq], bits, 32), quantize_values(V[:, :, :Tq], bits, 32)
+        Kr, Vr = K[:, :, Tq:].contiguous(), V[:, :, Tq:].contiguous()
+        args = (q, Kq, Vq, Kr, Vr)
+        moved = sum(x.numel() * x.element_size() for x in (*Kq[:3], *Vq[:3], Kr, Vr)) + 2 * q.numel() * 4
+        expected = quant_reference(*args)
+        fast = _fast_backends(device)
+        runs = {"reference": lambda a=args: quant_reference(*a)}
+        if fast:
+            runs[f"attend fp32 ({fast[0]})"] = lambda a=(q, K, V), b=fast[0]: attend(*a, backend=b)
+        for backend in fast:
+            runs[backend] = lambda a=args, b=backend: quant_attend(*a, backend=b)
+        case = f"kivi{bits} B*H={B * H},T={T},D={D},R={R}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            extra = {"target_vs_reference": 3.0}
+            if not name.startswith("attend"):
+                extra["max_abs_err"] = float(f"{(runs[name]().float() - expected.float()).abs().max().item():.3g}")
+            records.append(_record("quant_attend", case, name, ms, timings, moved, copy_gbps, **extra))
+    return records
+
+
+def evict_compact_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int]],
+                          copy_gbps: float) -> list[dict]:
+    """Top-k eviction with compaction: reference (stable sort + gather) and the fast backends. A case is
+    (B, H, T, D, k); ``bytes`` = scores read + the kept K/V rows read and written + the indices."""
+    records = []
+    for B, H, T, D, k in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        scores, K, V = (torch.randn(*s, generator=g).to(device) for s in ((B, H, T), (B, H, T, D), (B, H, T, D)))
+        moved = scores.numel() * 4 + 2 * 2 * B * H * k * D * K.element_size() + B * H * k * 8
+        expected = evict_reference(scores, K, V, k)
+        runs = {"reference": lambda a=(scores, K, V, k): evict_reference(*a)}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda a=(scores, K, V, k), b=backend: evict_compact(*a, backend=b)
+        case = f"evict B*H={B * H},T={T},D={D},k={k}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            agrees = all(torch.equal(x, y) for x, y in zip(runs[name](), expected, strict=True))
+            records.append(_record("evict_compact", case, name, ms, timings, moved, copy_gbps,
+                                   agrees_with_reference=agrees))
+    return records
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -279,6 +385,8 @@ def print_table(result: dict) -> None:
     print("-" * len(header))
     for r in result["records"]:
         gflops = f"{r['gflops']:>8.1f}" if "gflops" in r else ""
+        if "speedup_vs_full_attend" in r:
+            gflops = f"{r['speedup_vs_full_attend']:>6.2f}x vs full attend (target {r['target_vs_full']:.2f}x)"
         print(f"{r['case']:<34} {r['backend']:<18} {r['ms']:>9.3f} {r['gbps']:>8.2f} {r['roofline']:>9.2f} "
               f"{r['speedup_vs_reference']:>7.2f}x {gflops}")
 
@@ -291,6 +399,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="JSON path (default results/<host>.json; --quick: no file unless given)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7)")
+    parser.add_argument("--ops", default=None,
+                        help=f"comma-separated subset of ops to run (default all: {','.join(OPS)})")
     args = parser.parse_args(argv)
 
     if args.device == "auto":
@@ -304,6 +414,17 @@ def main(argv: list[str] | None = None) -> dict:
         cases, copy_bytes, flush_bytes = [(4, 8, 1024, 64), (4, 8, 8192, 64)], 256 * 2**20, FLUSH_BYTES
         tree_cases = [(1, 8, 64, 2048, 64), (1, 8, 16, 512, 64)]  # (B, H, N tree tokens, P prefix, D)
         verify_cases = [(4, 512), (4, 32000)]  # (γ, V)
+    if args.quick:
+        project_cases, quant_cases = [(1, 2, 64, 16, 4)], [(1, 2, 64, 16, 4, 0), (1, 2, 70, 16, 2, 6)]
+        evict_cases = [(1, 2, 64, 8, 16)]
+    else:
+        project_cases = [(4, 8, 8192, 64, 16), (4, 8, 8192, 64, 32)]  # (B, H, T, D, r)
+        quant_cases = [(4, 8, 8192, 64, 4, 0), (4, 8, 8192, 64, 2, 0), (4, 8, 8192, 64, 4, 128)]  # (..., bits, R)
+        evict_cases = [(4, 8, 8192, 64, 2048)]  # (B, H, T, D, k)
+    ops = OPS if args.ops is None else [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        parser.error(f"--ops must name ops from {','.join(OPS)}, got {','.join(unknown)}")
 
     bandwidth = memory_bandwidth(device, copy_bytes, repeats=max(repeats, 5))
     copy_gbps = max(v for k, v in bandwidth.items() if k.startswith("copy"))
@@ -315,12 +436,23 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(device),
         "copy_gbps": round(copy_gbps, 2),
         "bandwidth_gbps": {k: round(v, 2) for k, v in bandwidth.items()},
-        "records": attend_records(device, timer, cases, copy_gbps)
-        + tree_attend_records(device, timer, tree_cases, copy_gbps)
-        + verify_sample_records(device, timer, verify_cases, copy_gbps),
+        "ops": ops,
+        "records": [],
     }
+    runners = {
+        "attend": lambda: attend_records(device, timer, cases, copy_gbps),
+        "tree_attend": lambda: tree_attend_records(device, timer, tree_cases, copy_gbps),
+        "verify_sample": lambda: verify_sample_records(device, timer, verify_cases, copy_gbps),
+        "project_attend": lambda: project_attend_records(device, timer, project_cases, copy_gbps),
+        "quant_attend": lambda: quant_attend_records(device, timer, quant_cases, copy_gbps),
+        "evict_compact": lambda: evict_compact_records(device, timer, evict_cases, copy_gbps),
+    }
+    for op in ops:
+        result["records"] += runners[op]()
     print_table(result)
     out = args.out
+    if out is None and not args.quick and args.ops is not None:
+        parser.error("--ops runs only some cases: give --out (results/<host>.json is for full runs)")
     if out is None and not args.quick:
         out = ROOT / "benchmarks" / "results" / f"{socket.gethostname()}.json"
     if out is not None:

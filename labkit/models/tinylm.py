@@ -297,7 +297,7 @@ class TinyLM(nn.Module):
     """A Llama-style decoder with an optional token-shift input. See the module docstring.
 
     ``model(tokens)`` -> logits (B, T, V) float32. With ``cache=``: ``tokens`` are the *new* tokens, their
-    positions continue from ``cache.length`` and their K/V are appended to the cache in place.
+    positions continue from the last cached position and their K/V are appended to the cache in place.
     ``backend``: "torch" (default) or a ``labkit.kernels`` backend used for single-token decode steps.
     """
 
@@ -376,7 +376,9 @@ class TinyLM(nn.Module):
 
         tokens: (B, T) integer ids in 0..vocab_size-1 (the new tokens when a cache is given).
         cache: a ``KVCache`` from ``new_cache``; appended to in place.
-        positions: (B, T) RoPE positions (trees: depth-based), default cache.length + arange(T).
+        positions: (B, T) RoPE positions (trees: depth-based), default: continuing from the last cached
+            position (``cache.positions[:, -1] + 1 + arange(T)``; equal to cache.length unless entries were
+            evicted), or arange(T) without a cache.
         tree_mask: (T, T) bool, [i, j] = new token i may attend to new token j (ancestor-or-self);
             new tokens always attend to every cached position. Default: causal.
         prev_tokens: (B, T) the previous token of each new token for token shift (trees: the parent's
@@ -439,9 +441,14 @@ class TinyLM(nn.Module):
                 raise ValueError(f"cache holds batch_size={cache.batch_size} rows, tokens have B={B}")
             cached = cache.length
         if positions is None:
-            positions = (cached + torch.arange(T, device=tokens.device)).expand(B, T)
-            if cached + T > cfg.context:
-                raise ValueError(f"tokens: {cached} cached + {T} new positions exceed the context of {cfg.context}")
+            # continue from the last cached position (not cache.length: they differ once entries are evicted)
+            start = cache.positions[:, -1:] + 1 if cached else torch.zeros(B, 1, dtype=torch.long)
+            start = start.to(tokens.device)
+            positions = start + torch.arange(T, device=tokens.device)
+            nxt = int(start.max()) if B else 0
+            if nxt + T > cfg.context:
+                raise ValueError(f"tokens: {T} new positions from position {nxt} exceed the context of "
+                                 f"{cfg.context} ({cached} cached)")
         else:
             if not isinstance(positions, torch.Tensor) or positions.is_floating_point():
                 raise TypeError("positions must be an integer torch.Tensor (B, T)")
