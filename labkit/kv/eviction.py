@@ -25,8 +25,8 @@ from labkit.kv.base import Compressor
 from labkit.models.tinylm import KVCache, TinyLM, apply_rope, rope_cos_sin
 
 __all__ = [
-    "H2O", "SnapKV", "StreamingLLM", "attention_probs", "gather_per_head", "h2o_scores", "snapkv_scores",
-    "streaming_indices", "top_k_indices",
+    "H2O", "SnapKV", "StreamingLLM", "appended_attention", "attention_probs", "gather_per_head", "h2o_scores",
+    "snapkv_scores", "streaming_indices", "top_k_indices",
 ]
 
 
@@ -69,6 +69,43 @@ def attention_probs(model: TinyLM, cache: KVCache, tokens: torch.Tensor | None =
         p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)  # (B, H, T, T)
         probs.append(p.view(B, cfg.n_kv_heads, groups, T, T).mean(2))
     return probs
+
+
+@torch.no_grad()
+def appended_attention(model: TinyLM, cache: KVCache, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Feed ``tokens`` (B, n) into ``cache`` (appended, exactly ``model(tokens, cache=cache)``) and return
+    ``(logits, probs)``: logits (B, n, V) and, per layer, the causal attention of the n new queries over every
+    cached key after the append, (B, n_kv_heads, n, S) (grouped-query heads averaged over their group).
+
+    Unlike ``attention_probs`` the cache may already be compressed (per head, too): only the new queries are
+    scored, so re-compression after a turn can use the question just asked as its observation window."""
+    cfg = model.config
+    queries: dict[int, torch.Tensor] = {}
+    hooks = []
+    for i, block in enumerate(model.layers):
+        def hook(_module, _inputs, out, i=i):
+            queries[i] = out
+        hooks.append(block.self_attn.q_proj.register_forward_hook(hook))
+    try:
+        logits = model(tokens, cache=cache)
+    finally:
+        for h in hooks:
+            h.remove()
+    B, n = tokens.shape
+    S = cache.length
+    cos, sin = rope_cos_sin(cache.positions[:, -n:], cfg.head_dim, cfg.rope_base)
+    dev = tokens.device
+    visible = torch.arange(S, device=dev)[None, :] <= (S - n + torch.arange(n, device=dev))[:, None]  # (n, S)
+    groups = cfg.n_heads // cfg.n_kv_heads
+    probs = []
+    for i in range(cfg.n_layers):
+        q = queries[i].view(B, n, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin).float()  # (B, H, n, Dh)
+        k = cache.keys[i].float().repeat_interleave(groups, dim=1)  # (B, H, S, Dh)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)
+        p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)  # (B, H, n, S)
+        probs.append(p.view(B, cfg.n_kv_heads, groups, n, S).mean(2))
+    return logits, probs
 
 
 def h2o_scores(probs: torch.Tensor) -> torch.Tensor:
@@ -151,6 +188,12 @@ class StreamingLLM(Compressor):
         keep = streaming_indices(cache.length, self.n_keep(cache.length), self.n_sink)
         return cache.select(keep.to(cache.tokens.device))
 
+    def recompress(self, cache: KVCache, probs: list[torch.Tensor], n_keep: int) -> KVCache:
+        """Evict an already-compressed cache down to ``n_keep`` entries (sinks + most recent; ``probs``, the
+        new queries' attention from ``appended_attention``, is not needed by this rule)."""
+        keep = streaming_indices(cache.length, _check_int("n_keep", n_keep, 1), self.n_sink)
+        return cache.select(keep.to(cache.tokens.device))
+
 
 class _Scored(Compressor):
     """Shared by H2O and SnapKV: per-layer scores (B, Hkv, T) -> per-head (or shared) top-k."""
@@ -168,7 +211,20 @@ class _Scored(Compressor):
         k = self.n_keep(T)
         if k >= T:
             return cache
-        scores = [self.scores(p) for p in attention_probs(model, cache, tokens)]
+        return self._keep(cache, attention_probs(model, cache, tokens), k)
+
+    def recompress(self, cache: KVCache, probs: list[torch.Tensor], n_keep: int) -> KVCache:
+        """Evict an already-compressed cache (per head or not) down to ``n_keep`` entries, scored by ``probs``:
+        the attention of the queries just appended (``appended_attention``), rows (B, Hkv, n_new, S). SnapKV's
+        window is then the last ``min(window, n_new)`` new queries; H2O sums the new queries' attention (the
+        mass accumulated before this turn is not kept, an approximation of H2O's running sum)."""
+        _check_int("n_keep", n_keep, 1)
+        if n_keep >= cache.length:
+            return cache
+        return self._keep(cache, probs, n_keep)
+
+    def _keep(self, cache: KVCache, probs: list[torch.Tensor], k: int) -> KVCache:
+        scores = [self.scores(p) for p in probs]
         if self.per_head:
             return gather_per_head(cache, [top_k_indices(s, k, self.window) for s in scores])
         shared = torch.stack([s / s.sum(-1, keepdim=True) for s in scores]).mean((0, 2))  # (B, T)
