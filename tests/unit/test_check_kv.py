@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lab_answers import answer_factory, body_of
 from numba import njit
 
 import labkit.check.kv as checks
@@ -168,23 +167,7 @@ SIGNATURES = {
 COMPILED = {"2.9", "2.10"}
 
 
-def from_body(label: str, body: str | None = None):
-    """The function of exercise ``label`` with ``body`` (default WRONG[label]), defined like the lab does."""
-    body = textwrap.dedent(WRONG[label] if body is None else body).strip("\n")
-    source = ("@njit\n" if label in COMPILED else "") + f"def {SIGNATURES[label]}:\n" + textwrap.indent(body, "    ")
-    namespace = {"torch": torch, "np": np, "math": math, "njit": njit}
-    exec(source, namespace)
-    return namespace[SIGNATURES[label].split("(")[0]]
-
-
-def body_of(fn) -> str:
-    lines = inspect.getsource(getattr(fn, "py_func", fn)).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("def ")) + 1
-    return textwrap.dedent("\n".join(lines[start:]))
-
-
-def stub(label: str):
-    return from_body(label, f'raise NotImplementedError("Exercise {label}")')
+from_body, stub = answer_factory(SIGNATURES, COMPILED, WRONG)
 
 
 # -------------------------------------------------------------------------------------------- the tests
