@@ -81,7 +81,8 @@ _TILE = 256  # positions per tile of the Numba kernel (measured: 32..1024 all wi
 
 # exp(x) for x <= 0 as 2^n * 2^f with n = round(x log2 e) and |f| <= 1/2: 2^f = exp(f ln 2) by its Taylor
 # series to degree 6 (relative error below 2e-7), 2^n by writing n + 127 into the exponent bits. Rounding
-# y = x log2 e in float32 adds |y| 2^-24 (5e-6 at x = -87, where the weight is 1e-38 anyway). Unlike np.exp (a scalar libm call without Intel's SVML), this loop vectorises.
+# y = x log2 e in float32 adds |y| 2^-24 (5e-6 at x = -87, where the weight is 1e-38 anyway). Unlike np.exp
+# (a scalar libm call without Intel's SVML), this loop vectorises.
 _LOG2E = np.float32(1.4426950408889634)
 _EXP2_TAYLOR = tuple(np.float32(0.6931471805599453**k / np.prod(np.arange(1, k + 1, dtype=np.float64)))
                      for k in range(7))
@@ -144,11 +145,11 @@ def _project_row(q, Kc, Vc, U_k, U_v, n, scale, out):  # pragma: no cover - comp
                 x3 += qj * Kc[t + 3, j]
             s[u], s[u + 1], s[u + 2], s[u + 3] = x0, x1, x2, x3
             u += 4
-        for u in range(u, nt):
+        for w in range(u, nt):  # the tile's last nt % 4 tokens
             x = np.float32(0.0)
             for j in range(rk):
-                x += qr[j] * Kc[t0 + u, j]
-            s[u] = x
+                x += qr[j] * Kc[t0 + w, j]
+            s[w] = x
         tile_max = np.float32(-1e30)
         for u in range(nt):
             tile_max = max(tile_max, s[u])
@@ -166,10 +167,10 @@ def _project_row(q, Kc, Vc, U_k, U_v, n, scale, out):  # pragma: no cover - comp
             for j in range(rv):
                 acc[j] += (p0 * Vc[t, j] + p1 * Vc[t + 1, j]) + (p2 * Vc[t + 2, j] + p3 * Vc[t + 3, j])
             u += 4
-        for u in range(u, nt):
-            p = s[u]
+        for w in range(u, nt):
+            p = s[w]
             for j in range(rv):
-                acc[j] += p * Vc[t0 + u, j]
+                acc[j] += p * Vc[t0 + w, j]
     inv = np.float32(1.0) / l
     for d in range(D):  # out = U_v (acc / l)
         o = np.float32(0.0)
