@@ -44,6 +44,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without an install
 
 from labkit.kernels import available_backends  # noqa: E402
 from labkit.kernels.attend import attend, reference  # noqa: E402
+from labkit.kernels.delta_rule import delta_rule  # noqa: E402
+from labkit.kernels.delta_rule import reference as delta_rule_reference  # noqa: E402
+from labkit.kernels.delta_step import delta_step  # noqa: E402
+from labkit.kernels.delta_step import reference as delta_step_reference  # noqa: E402
 from labkit.kernels.evict_compact import evict_compact  # noqa: E402
 from labkit.kernels.evict_compact import reference as evict_reference  # noqa: E402
 from labkit.kernels.project_attend import project_attend  # noqa: E402
@@ -55,7 +59,8 @@ from labkit.kernels.tree_attend import tree_attend, tree_mask  # noqa: E402
 from labkit.kernels.verify_sample import reference as verify_reference  # noqa: E402
 from labkit.kernels.verify_sample import verify_sample  # noqa: E402
 
-OPS = ("attend", "tree_attend", "verify_sample", "project_attend", "quant_attend", "evict_compact")
+OPS = ("attend", "tree_attend", "verify_sample", "project_attend", "quant_attend", "evict_compact", "delta_rule",
+       "delta_step")
 FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect (CPU L3, GPU L2)
 
 
@@ -341,6 +346,64 @@ def evict_compact_records(device: torch.device, timer: Timer, cases: list[tuple[
     return records
 
 
+def delta_rule_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int, bool]],
+                       copy_gbps: float) -> list[dict]:
+    """The chunkwise (gated) delta rule against the token-by-token torch loop (target: numba >= 5x, equal
+    within 1e-5 relative). A case is (B, H, T, Dk, Dv, gated); ``bytes`` = q, k, v, o, the gates and S in/out;
+    ``max_rel_err`` = max |o - o_ref| / max |o_ref|."""
+    records = []
+    for B, H, T, Dk, Dv, gated in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(B, H, T, Dk, generator=g)
+        k = torch.nn.functional.normalize(torch.randn(B, H, T, Dk, generator=g), dim=-1)
+        v = torch.randn(B, H, T, Dv, generator=g)
+        beta = torch.rand(B, H, T, generator=g)
+        alpha = 0.9 + 0.1 * torch.rand(B, H, T, generator=g) if gated else None
+        S0 = torch.randn(B, H, Dk, Dv, generator=g)
+        args = tuple(None if x is None else x.to(device) for x in (q, k, v, beta, alpha, S0))
+        moved = 4 * (2 * q.numel() + v.numel() * 2 + beta.numel() * (2 if gated else 1) + 2 * S0.numel())
+        expected = delta_rule_reference(*args)[0].float()
+        runs = {"reference": lambda a=args: delta_rule_reference(*a)}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda a=args, b=backend: delta_rule(*a, backend=b)
+        case = f"{'gated ' if gated else ''}delta B*H={B * H},T={T},Dk={Dk},Dv={Dv}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            err = (runs[name]()[0].float() - expected).abs().max().item() / expected.abs().max().item()
+            records.append(_record("delta_rule", case, name, ms, timings, moved, copy_gbps,
+                                   target_vs_reference=5.0, max_rel_err=float(f"{err:.3g}")))
+    return records
+
+
+def delta_step_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, str]],
+                       copy_gbps: float) -> list[dict]:
+    """One fused decode step of a linear-attention memory against its torch reference (separate ops). A case
+    is (B, H, Dk, Dv, rule), rule "linear" | "delta" | "gated-delta"; ``bytes`` = S read and S_new written
+    (plus q, k, v, o): the roofline of a step is one read and one write of S."""
+    records = []
+    for B, H, Dk, Dv, rule in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(B, H, Dk, generator=g)
+        k = torch.nn.functional.normalize(torch.randn(B, H, Dk, generator=g), dim=-1)
+        v, S = torch.randn(B, H, Dv, generator=g), torch.randn(B, H, Dk, Dv, generator=g)
+        beta = torch.rand(B, H, generator=g) if "delta" in rule else None
+        alpha = 0.9 + 0.1 * torch.rand(B, H, generator=g) if "gated" in rule else None
+        args = tuple(None if x is None else x.to(device) for x in (q, k, v, S, beta, alpha))
+        moved = 4 * (2 * S.numel() + 2 * q.numel() + 2 * v.numel())
+        expected = delta_step_reference(*args)
+        runs = {"reference": lambda a=args: delta_step_reference(*a)}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda a=args, b=backend: delta_step(*a, backend=b)
+        case = f"step {rule} B*H={B * H},Dk={Dk},Dv={Dv}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            o, S_new = runs[name]()
+            err = max((o.float() - expected[0].float()).abs().max().item(), (S_new - expected[1]).abs().max().item())
+            records.append(_record("delta_step", case, name, ms, timings, moved, copy_gbps,
+                                   max_abs_err=float(f"{err:.3g}")))
+    return records
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -417,10 +480,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         project_cases, quant_cases = [(1, 2, 64, 16, 4)], [(1, 2, 64, 16, 4, 0), (1, 2, 70, 16, 2, 6)]
         evict_cases = [(1, 2, 64, 8, 16)]
+        delta_rule_cases = [(1, 2, 100, 16, 16, True)]  # (B, H, T, Dk, Dv, gated)
+        delta_step_cases = [(1, 2, 16, 16, "gated-delta")]  # (B, H, Dk, Dv, rule)
     else:
         project_cases = [(4, 8, 8192, 64, 16), (4, 8, 8192, 64, 32)]  # (B, H, T, D, r)
         quant_cases = [(4, 8, 8192, 64, 4, 0), (4, 8, 8192, 64, 2, 0), (4, 8, 8192, 64, 4, 128)]  # (..., bits, R)
         evict_cases = [(4, 8, 8192, 64, 2048)]  # (B, H, T, D, k)
+        delta_rule_cases = [(1, 8, 2048, 64, 64, False), (1, 8, 2048, 64, 64, True)]  # (B, H, T, Dk, Dv, gated)
+        delta_step_cases = [(4, 8, 128, 128, "linear"), (4, 8, 128, 128, "gated-delta")]  # (B, H, Dk, Dv, rule)
     ops = OPS if args.ops is None else [op.strip() for op in args.ops.split(",") if op.strip()]
     unknown = sorted(set(ops) - set(OPS))
     if unknown:
@@ -446,6 +513,8 @@ def main(argv: list[str] | None = None) -> dict:
         "project_attend": lambda: project_attend_records(device, timer, project_cases, copy_gbps),
         "quant_attend": lambda: quant_attend_records(device, timer, quant_cases, copy_gbps),
         "evict_compact": lambda: evict_compact_records(device, timer, evict_cases, copy_gbps),
+        "delta_rule": lambda: delta_rule_records(device, timer, delta_rule_cases, copy_gbps),
+        "delta_step": lambda: delta_step_records(device, timer, delta_step_cases, copy_gbps),
     }
     for op in ops:
         result["records"] += runners[op]()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from ._dispatch import BACKENDS, available_backends
 from .attend import attend
+from .delta_rule import delta_rule
+from .delta_step import delta_step
 from .evict_compact import evict_compact
 from .project_attend import project_attend
 from .quant_attend import quant_attend
 from .tree_attend import tree_attend
 from .verify_sample import verify_sample
 
-__all__ = ["BACKENDS", "attend", "available_backends", "evict_compact", "project_attend", "quant_attend",
-           "tree_attend", "verify_sample"]
+__all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "project_attend",
+           "quant_attend", "tree_attend", "verify_sample"]
