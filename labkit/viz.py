@@ -41,7 +41,7 @@ def _as_2d(name: str, values) -> np.ndarray:
 
 
 def line_band(
-    x: Sequence[float],
+    x: Sequence[float] | None,
     curves: Mapping[str, np.ndarray],
     title: str = "",
     xaxis: str = "",
@@ -51,23 +51,30 @@ def line_band(
 ) -> go.Figure:
     """Mean line with a ±1 std band for each named curve.
 
-    curves: name -> array (seeds, len(x)) or (len(x),). One seed draws a plain line.
+    curves: name -> array (seeds, len(x)) or (len(x),). One seed draws a plain line. A curve with x values
+    of its own (e.g. state sizes that differ per model) is given as a tuple ``(x_curve, values)``; ``x`` may
+    then be None.
     """
-    x = np.asarray(x, dtype=float)
     fig = go.Figure()
     for i, (name, values) in enumerate(curves.items()):
+        if isinstance(values, tuple):
+            x_curve, values = np.asarray(values[0], dtype=float), values[1]
+        elif x is None:
+            raise ValueError(f"x is None, so curves[{name!r}] must be a tuple (x_curve, values)")
+        else:
+            x_curve = np.asarray(x, dtype=float)
         y = _as_2d(f"curves[{name!r}]", values)
-        if y.shape[1] != len(x):
-            raise ValueError(f"curves[{name!r}] must have {len(x)} points per seed, got {y.shape[1]}")
+        if y.shape[1] != len(x_curve):
+            raise ValueError(f"curves[{name!r}] must have {len(x_curve)} points per seed, got {y.shape[1]}")
         color = PALETTE[i % len(PALETTE)]
         mean, std = y.mean(0), y.std(0)
         if y.shape[0] > 1:
             fig.add_trace(go.Scatter(
-                x=np.concatenate([x, x[::-1]]), y=np.concatenate([mean + std, (mean - std)[::-1]]),
+                x=np.concatenate([x_curve, x_curve[::-1]]), y=np.concatenate([mean + std, (mean - std)[::-1]]),
                 mode="lines", fill="toself", fillcolor=_rgba(color, 0.18), line=dict(width=0),
                 hoverinfo="skip", showlegend=False, legendgroup=name,
             ))
-        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+        fig.add_trace(go.Scatter(x=x_curve, y=mean, mode="lines+markers", name=name, legendgroup=name,
                                  line=dict(color=color, width=2), marker=dict(size=5)))
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
     if log_x:

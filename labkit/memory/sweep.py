@@ -1,7 +1,7 @@
 """The chapter's main figure: MQAR accuracy against state size, for every mixer, several sizes and seeds.
 
     python -m labkit.memory.sweep [--quick] [--out PATH] [--mixers a,b] [--seeds N] [--resume]
-    python -m labkit.memory.sweep --merge part1.json part2.json --out benchmarks/results/memory_sweep.json
+    python -m labkit.memory.sweep --merge part1.json part2.json     # -> labkit/assets/memory_sweep.json
 
 Each point is ``labkit.memory.train.mqar_run`` at one mixer, one ``d_model`` (the state size follows
 from it: ``2·T·d`` per layer for attention, ``d²/H`` per layer for linear attention and DeltaNet, …) and
@@ -30,7 +30,7 @@ import torch
 
 from labkit.memory import MIXERS, mixer_class
 
-__all__ = ["FULL", "QUICK", "SweepSettings", "main", "points", "run_sweep"]
+__all__ = ["FULL", "QUICK", "SweepSettings", "curves", "load", "main", "merge", "points", "run_sweep"]
 
 JRT_MIXERS = ("linear", "deltanet")
 
@@ -119,6 +119,32 @@ def run_sweep(settings: SweepSettings, mixers: list[str], out: Path | None = Non
     return {"meta": meta, "records": records}
 
 
+RESULTS = Path(__file__).resolve().parent.parent / "assets" / "memory_sweep.json"  # shipped with the package
+
+
+def load(path: str | Path | None = None) -> dict:
+    """The committed sweep (``labkit/assets/memory_sweep.json``) or the file at ``path``."""
+    path = Path(path) if path is not None else RESULTS
+    if not path.exists():
+        raise FileNotFoundError(f"no sweep results at {path}: run `python -m labkit.memory.sweep --out {path}`")
+    return json.loads(path.read_text())
+
+
+def curves(result: dict, n_passes: int = 1) -> dict[str, tuple[list[int], list[list[float]]]]:
+    """Per mixer: (state sizes, accuracies (seeds, sizes)) for ``viz.line_band(None, ...)``; only the
+    points with ``n_passes`` and only the seeds that have every size."""
+    by_mixer: dict[str, dict[int, dict[int, float]]] = {}
+    for r in result["records"]:
+        if r["n_passes"] == n_passes:
+            by_mixer.setdefault(r["mixer"], {}).setdefault(r["state_size"], {})[r["seed"]] = r["accuracy"]
+    out = {}
+    for mixer, sizes in by_mixer.items():
+        xs = sorted(sizes)
+        seeds = sorted(set.intersection(*(set(sizes[x]) for x in xs)))
+        out[mixer] = (xs, [[sizes[x][s] for x in xs] for s in seeds])
+    return out
+
+
 def merge(paths: list[Path], out: Path) -> dict:
     """One sweep file from several (the same settings, disjoint points): records in file order, the
     parts' metadata kept under ``meta["parts"]``."""
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m labkit.memory.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke-test sweep (minutes on a CPU)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default benchmarks/results/memory_sweep[_quick].json)")
+                        help="JSON file (default labkit/assets/memory_sweep.json; --quick: /tmp/...)")
     parser.add_argument("--mixers", default=None, help=f"comma-separated subset of {','.join(MIXERS)}")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per point (overrides the preset)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per point (overrides the preset)")
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="combine these sweep files (run in parallel with different --mixers) into --out")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.out or Path("benchmarks/results/memory_sweep.json"))
+        return merge(args.merge, args.out or RESULTS)
 
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
@@ -179,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
             mixer_class(name)  # unknown names and broken modules fail here, before any training
     else:
         mixers = [m for m in FIGURE_MIXERS if m in available_mixers()]
-    out = args.out or Path("benchmarks/results") / ("memory_sweep_quick.json" if args.quick else "memory_sweep.json")
+    out = args.out or (Path("/tmp/memory_sweep_quick.json") if args.quick else RESULTS)
     torch.set_num_threads(args.threads)
     result = run_sweep(settings, mixers, out=out, resume=args.resume)
     print(f"{len(result['records'])} points in {result['meta']['seconds']:.0f} s -> {out}")

@@ -80,6 +80,10 @@ def test_viz_figures_have_the_theme_and_validate():
     assert fig.layout.template.layout.colorway[0] == viz.PALETTE[0]
     with pytest.raises(ValueError, match="must have 3 points"):
         viz.line_band([1, 2, 3], {"a": np.ones(4)})
+    own_x = viz.line_band(None, {"a": ([10, 100], np.ones((2, 2))), "b": ([5, 50, 500], [1, 2, 3])})
+    assert list(own_x.data[1].x) == [10, 100] and list(own_x.data[2].x) == [5, 50, 500]
+    with pytest.raises(ValueError, match="x is None"):
+        viz.line_band(None, {"a": [1, 2]})
     assert viz.heatmap(np.eye(3)).data[0].type == "heatmap"
     assert len(viz.raster(np.eye(4, dtype=bool)).data[0].x) == 4
     bars = viz.bench_bar([{"case": "x", "backend": "a", "ms": 1.0}, {"case": "x", "backend": "b", "ms": 2.0}])

@@ -241,3 +241,26 @@ def test_sweep_cli_writes_records(tmp_path, stand_in):
     again = sweep.run_sweep(settings, ["attention", stand_in], out=tmp_path / "s.json", resume=True, verbose=False)
     assert len(again["records"]) == 8  # nothing rerun
     assert [p["n_passes"] for p in sweep.points(settings, ["linear"])] == [1, 1, 2, 2] * 2
+
+
+def test_sweep_curves_merge_and_load(tmp_path):
+    from labkit.memory import sweep
+
+    def rec(mixer, d, seed, acc, passes=1):
+        return {"mixer": mixer, "d_model": d, "state_size": d * d, "seed": seed, "accuracy": acc, "n_passes": passes}
+
+    meta = {"settings": {"steps": 1}, "mixers": ["a"], "seconds": 1.0}
+    part1 = {"meta": meta, "records": [rec("a", 4, 0, 0.1), rec("a", 8, 0, 0.5), rec("a", 4, 1, 0.3),
+                                       rec("a", 8, 1, 0.7), rec("a", 4, 2, 0.9), rec("a", 4, 0, 0.2, passes=2)]}
+    part2 = {"meta": {**meta, "mixers": ["b"]}, "records": [rec("b", 4, 0, 0.4)]}
+    for name, part in (("p1", part1), ("p2", part2)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    merged = sweep.merge([tmp_path / "p1.json", tmp_path / "p2.json"], tmp_path / "all.json")
+    assert len(merged["records"]) == 7 and merged["meta"]["mixers"] == ["a", "b"]
+    curves = sweep.curves(sweep.load(tmp_path / "all.json"))
+    assert curves["a"] == ([16, 64], [[0.1, 0.5], [0.3, 0.7]])  # seed 2 lacks size 64: left out
+    assert sweep.curves(merged, n_passes=2) == {"a": ([16], [[0.2]])}
+    with pytest.raises(ValueError, match="share points"):
+        sweep.merge([tmp_path / "p1.json", tmp_path / "p1.json"], tmp_path / "dup.json")
+    with pytest.raises(FileNotFoundError, match="no sweep results"):
+        sweep.load(tmp_path / "missing.json")
