@@ -130,8 +130,9 @@ def _project_row(q, Kc, Vc, U_k, U_v, n, scale, out):  # pragma: no cover - comp
     two_n_bits = two_n.view(np.int32)
     for t0 in range(0, n, _TILE):
         nt = min(_TILE, n - t0)
+        tile_max = np.float32(-1e30)
         u = 0
-        while u + 4 <= nt:  # scores, four tokens at a time
+        while u + 4 <= nt:  # scores and their max, four tokens at a time
             t = t0 + u
             x0 = np.float32(0.0)
             x1 = np.float32(0.0)
@@ -144,15 +145,14 @@ def _project_row(q, Kc, Vc, U_k, U_v, n, scale, out):  # pragma: no cover - comp
                 x2 += qj * Kc[t + 2, j]
                 x3 += qj * Kc[t + 3, j]
             s[u], s[u + 1], s[u + 2], s[u + 3] = x0, x1, x2, x3
+            tile_max = max(tile_max, max(max(x0, x1), max(x2, x3)))
             u += 4
         for w in range(u, nt):  # the tile's last nt % 4 tokens
             x = np.float32(0.0)
             for j in range(rk):
                 x += qr[j] * Kc[t0 + w, j]
             s[w] = x
-        tile_max = np.float32(-1e30)
-        for u in range(nt):
-            tile_max = max(tile_max, s[u])
+            tile_max = max(tile_max, x)
         if tile_max > m:
             alpha = np.exp(m - tile_max)
             l *= alpha
