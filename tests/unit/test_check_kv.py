@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lab_answers import answer_factory, body_of
+from lab_answers import answer_factory, contract_tests
 from numba import njit
 
 import labkit.check.kv as checks
@@ -173,38 +173,8 @@ from_body, stub = answer_factory(SIGNATURES, COMPILED, WRONG)
 # -------------------------------------------------------------------------------------------- the tests
 
 
-def test_every_label_has_a_wrong_answer():
-    assert set(WRONG) == set(CORRECT) == set(SIGNATURES)
-
-
-@pytest.mark.parametrize("label", list(CORRECT))
-def test_correct_answer_passes(label, capsys):
-    assert CHECKS[label](CORRECT[label]) is None
-    out = capsys.readouterr().out
-    assert f"✓ Exercise {label} passed" in out and out.count("\n") == 1
-
-
-@pytest.mark.parametrize("label", list(CORRECT))
-def test_correct_body_passes_when_defined_like_the_lab(label):
-    assert CHECKS[label](from_body(label, body_of(CORRECT[label]))) is None
-
-
-@pytest.mark.parametrize("label", list(WRONG))
-def test_wrong_answer_of_the_lab_fails(label):
-    with pytest.raises(AssertionError, match=f"Exercise {label}"):
-        CHECKS[label](from_body(label))
-
-
-@pytest.mark.parametrize("label", list(CORRECT))
-def test_stub_fails(label):
-    with pytest.raises(NotImplementedError):
-        CHECKS[label](stub(label))
-
-
-@pytest.mark.parametrize("label", list(CORRECT))
-def test_placeholder_fails(label):
-    with pytest.raises(AssertionError, match=r"`\.\.\.`"):
-        CHECKS[label](...)
+assert set(SIGNATURES) == set(CORRECT)
+globals().update(contract_tests(CORRECT, CHECKS, WRONG, from_body, stub))
 
 
 # -------------------------------------------------------------- the hints name the likely cause
