@@ -54,13 +54,15 @@ from labkit.kernels.project_attend import project_attend  # noqa: E402
 from labkit.kernels.project_attend import reference as project_reference  # noqa: E402
 from labkit.kernels.quant_attend import quant_attend, quantize_keys, quantize_values  # noqa: E402
 from labkit.kernels.quant_attend import reference as quant_reference  # noqa: E402
+from labkit.kernels.titans_update import reference as titans_reference  # noqa: E402
+from labkit.kernels.titans_update import titans_update  # noqa: E402
 from labkit.kernels.tree_attend import reference as tree_reference  # noqa: E402
 from labkit.kernels.tree_attend import tree_attend, tree_mask  # noqa: E402
 from labkit.kernels.verify_sample import reference as verify_reference  # noqa: E402
 from labkit.kernels.verify_sample import verify_sample  # noqa: E402
 
 OPS = ("attend", "tree_attend", "verify_sample", "project_attend", "quant_attend", "evict_compact", "delta_rule",
-       "delta_step")
+       "delta_step", "titans_update")
 FLUSH_BYTES = 128 * 2**20  # larger than any last-level cache we expect (CPU L3, GPU L2)
 
 
@@ -404,6 +406,39 @@ def delta_step_records(device: torch.device, timer: Timer, cases: list[tuple[int
     return records
 
 
+def titans_update_records(device: torch.device, timer: Timer, cases: list[tuple[int, int, int, int, int, bool]],
+                          copy_gbps: float) -> list[dict]:
+    """Titans' linear memory, chunk rule (C = 16), fused, against the token-by-token torch loop (target: numba
+    >= 5x, equal within 1e-5 relative). A case is (B, H, T, Dk, Dv, full): full = momentum and forgetting on
+    (else plain gradient steps); ``bytes`` = q, k, v, o, the gates and M (and S) in/out;
+    ``max_rel_err`` = max |o - o_ref| / max |o_ref|."""
+    records = []
+    for B, H, T, Dk, Dv, full in cases:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(B, H, T, Dk, generator=g)
+        k = torch.nn.functional.normalize(torch.randn(B, H, T, Dk, generator=g), dim=-1)
+        v = torch.randn(B, H, T, Dv, generator=g)
+        theta = 0.1 * torch.rand(B, H, T, generator=g)
+        eta = torch.rand(B, H, T, generator=g) if full else None
+        alpha = 0.05 * torch.rand(B, H, T, generator=g) if full else None
+        M0 = 0.1 * torch.randn(B, H, Dk, Dv, generator=g)
+        S0 = torch.zeros(B, H, Dk, Dv) if full else None
+        args = tuple(None if x is None else x.to(device) for x in (q, k, v, theta, eta, alpha, M0, S0))
+        gates = theta.numel() * (3 if full else 1)
+        moved = 4 * (2 * q.numel() + 2 * v.numel() + gates + 2 * M0.numel() * (2 if full else 1))
+        expected = titans_reference(*args)[0].float()
+        runs = {"reference": lambda a=args: titans_reference(*a)}
+        for backend in _fast_backends(device):
+            runs[backend] = lambda a=args, b=backend: titans_update(*a, backend=b)
+        case = f"titans{' mom+forget' if full else ''} B*H={B * H},T={T},Dk={Dk},Dv={Dv}"
+        timings = timer.measure(runs)
+        for name, ms in timings.items():
+            err = (runs[name]()[0].float() - expected).abs().max().item() / expected.abs().max().item()
+            records.append(_record("titans_update", case, name, ms, timings, moved, copy_gbps,
+                                   target_vs_reference=5.0, max_rel_err=float(f"{err:.3g}")))
+    return records
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -482,12 +517,14 @@ def main(argv: list[str] | None = None) -> dict:
         evict_cases = [(1, 2, 64, 8, 16)]
         delta_rule_cases = [(1, 2, 100, 16, 16, True)]  # (B, H, T, Dk, Dv, gated)
         delta_step_cases = [(1, 2, 16, 16, "gated-delta")]  # (B, H, Dk, Dv, rule)
+        titans_cases = [(1, 2, 100, 16, 16, True)]  # (B, H, T, Dk, Dv, momentum + forgetting)
     else:
         project_cases = [(4, 8, 8192, 64, 16), (4, 8, 8192, 64, 32)]  # (B, H, T, D, r)
         quant_cases = [(4, 8, 8192, 64, 4, 0), (4, 8, 8192, 64, 2, 0), (4, 8, 8192, 64, 4, 128)]  # (..., bits, R)
         evict_cases = [(4, 8, 8192, 64, 2048)]  # (B, H, T, D, k)
         delta_rule_cases = [(1, 8, 2048, 64, 64, False), (1, 8, 2048, 64, 64, True)]  # (B, H, T, Dk, Dv, gated)
         delta_step_cases = [(4, 8, 128, 128, "linear"), (4, 8, 128, 128, "gated-delta")]  # (B, H, Dk, Dv, rule)
+        titans_cases = [(1, 8, 2048, 64, 64, False), (1, 8, 2048, 64, 64, True)]  # (B, H, T, Dk, Dv, full)
     ops = OPS if args.ops is None else [op.strip() for op in args.ops.split(",") if op.strip()]
     unknown = sorted(set(ops) - set(OPS))
     if unknown:
@@ -515,6 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
         "evict_compact": lambda: evict_compact_records(device, timer, evict_cases, copy_gbps),
         "delta_rule": lambda: delta_rule_records(device, timer, delta_rule_cases, copy_gbps),
         "delta_step": lambda: delta_step_records(device, timer, delta_step_cases, copy_gbps),
+        "titans_update": lambda: titans_update_records(device, timer, titans_cases, copy_gbps),
     }
     for op in ops:
         result["records"] += runners[op]()

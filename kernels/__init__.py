@@ -17,8 +17,9 @@ from .delta_step import delta_step
 from .evict_compact import evict_compact
 from .project_attend import project_attend
 from .quant_attend import quant_attend
+from .titans_update import titans_update
 from .tree_attend import tree_attend
 from .verify_sample import verify_sample
 
 __all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "project_attend",
-           "quant_attend", "tree_attend", "verify_sample"]
+           "quant_attend", "titans_update", "tree_attend", "verify_sample"]
