@@ -398,8 +398,9 @@ def check_scale(scale) -> float:
     return float(scale)
 
 
-def _check_inputs(q, k, v, beta, alpha, S0, scale, chunk_size) -> float:
-    """Validate shapes, dtypes, devices, gates, chunk_size and scale; return the scale."""
+def check_qkv(q, k, v) -> tuple[int, int, int, int, int]:
+    """q, k (B, H, T, Dk) and v (B, H, T, Dv): floating point, one dtype; returns (B, H, T, Dk, Dv).
+    Shared by the recurrent-memory kernels (delta_rule, titans_update)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -419,6 +420,12 @@ def _check_inputs(q, k, v, beta, alpha, S0, scale, chunk_size) -> float:
         raise ValueError(f"the head dimensions must be >= 1, got Dk={Dk}, Dv={Dv}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    return B, H, T, Dk, Dv
+
+
+def _check_inputs(q, k, v, beta, alpha, S0, scale, chunk_size) -> float:
+    """Validate shapes, dtypes, devices, gates, chunk_size and scale; return the scale."""
+    B, H, T, Dk, Dv = check_qkv(q, k, v)
     check_gates("beta", beta, (B, H, T), low_open=False)
     if alpha is not None:
         check_gates("alpha", alpha, (B, H, T), low_open=True)

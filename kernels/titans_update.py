@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from ._dispatch import njit, prange, resolve_backend, tl, triton, triton_interpret
-from .delta_rule import check_gates
+from .delta_rule import check_gates, check_qkv
 
 # ------------------------------------------------------------------------------------------------------
 # 1. The reference: the definition, written as plainly as possible.
@@ -404,9 +404,6 @@ def triton_titans_update(
 # 4. The public op: check the inputs, pick the backend.
 # ------------------------------------------------------------------------------------------------------
 
-_FLOATS = "float16, bfloat16, float32 or float64"
-
-
 def titans_update(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -448,25 +445,7 @@ def titans_update(
 
 def _check_inputs(q, k, v, theta, eta, alpha, M0, S0, chunk_size) -> None:
     """Validate shapes, dtypes, devices, gates, states and chunk_size (clear errors naming the argument)."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must hold floating-point numbers ({_FLOATS}), got {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, T, {'Dv' if name == 'v' else 'Dk'}), "
-                             f"got shape {tuple(x.shape)}")
-    B, H, T, Dk = k.shape
-    Dv = v.shape[3]
-    if tuple(q.shape) != (B, H, T, Dk):
-        raise ValueError(f"q must have the shape of k (B, H, T, Dk) = {(B, H, T, Dk)}, got {tuple(q.shape)}")
-    if tuple(v.shape[:3]) != (B, H, T):
-        raise ValueError(f"v must have shape (B, H, T, Dv) with (B, H, T) = {(B, H, T)} from k, "
-                         f"got {tuple(v.shape)}")
-    if Dk == 0 or Dv == 0:
-        raise ValueError(f"the head dimensions must be >= 1, got Dk={Dk}, Dv={Dv}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    B, H, T, Dk, Dv = check_qkv(q, k, v)
     check_gates("theta", theta, (B, H, T), low_open=False)
     if eta is not None:
         check_gates("eta", eta, (B, H, T), low_open=False)
