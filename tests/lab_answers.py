@@ -75,3 +75,11 @@ def contract_tests(correct: dict, checks: dict, wrong: dict[str, str], from_body
     return {f.__name__: f for f in (test_every_label_has_a_wrong_answer, test_correct_answer_passes,
                                     test_correct_body_passes_when_defined_like_the_lab,
                                     test_wrong_answer_of_the_lab_fails, test_stub_fails, test_placeholder_fails)}
+
+
+def expect_hint(check, answer, hint: str) -> None:
+    """``check(answer)`` fails with a message that contains ``hint`` (a regex): the hint names the mistake."""
+    import pytest
+
+    with pytest.raises(AssertionError, match=hint):
+        check(answer)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lab_answers import answer_factory, body_of
+from lab_answers import answer_factory, body_of, expect_hint
 from numba import njit
 
 import labkit.check.decoding as checks
@@ -253,11 +253,6 @@ def test_chi_square_matches_scipy():
 
 
 # -------------------------------------------------------------- more wrong answers, with their hints
-
-
-def expect_hint(check, answer, hint: str):
-    with pytest.raises(AssertionError, match=hint):
-        check(answer)
 
 
 def test_1_1_hints():

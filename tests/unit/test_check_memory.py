@@ -6,9 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from lab_answers import answer_factory, contract_tests
+from lab_answers import answer_factory, contract_tests, expect_hint
 from numba import njit
 
 import labkit.check.memory as checks
@@ -217,11 +216,6 @@ globals().update(contract_tests(CORRECT, CHECKS, WRONG, from_body, stub))
 
 
 # -------------------------------------------------------------- the hints name the likely cause
-
-
-def expect_hint(check, answer, hint: str):
-    with pytest.raises(AssertionError, match=hint):
-        check(answer)
 
 
 def test_hints_of_the_wrong_answers():
