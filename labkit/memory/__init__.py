@@ -11,6 +11,11 @@
 - ``model``: ``MemoryLM``, a small language model whose blocks use any of these mixers.
 - ``train``: training and evaluation on the recall tasks of ``labkit.data.recall`` (``mqar_run``: one point).
 - ``sweep``: MQAR accuracy against state size for every mixer (the chapter's main figure; a CLI).
+- ``hmt``: the Hierarchical Memory Transformer, segment recurrence with a searched cache of memory embeddings.
+- ``perk``: PERK, a context written into a LoRA adapter by a meta-learned inner loop, against reading it in context.
+- ``fastslow``: a neural memory network whose controller also takes fast steps on synthetic gradients.
+- ``pointer``: pointer networks (attention as the output) against seq2seq with a fixed output dictionary.
+- ``permutation``: learning a permutation from the k basis vectors with an ensemble of NTK-regime nets.
 
 Mixers are looked up by name (``make_mixer("deltanet", 64)``); the registry imports each module only
 when it is used.
