@@ -16,6 +16,7 @@
 - ``fastslow``: a neural memory network whose controller also takes fast steps on synthetic gradients.
 - ``pointer``: pointer networks (attention as the output) against seq2seq with a fixed output dictionary.
 - ``permutation``: learning a permutation from the k basis vectors with an ensemble of NTK-regime nets.
+- ``critical``: Synaptic Resonance and Contextual Memory Reweaving, written down from their abstracts and tested.
 
 Mixers are looked up by name (``make_mixer("deltanet", 64)``); the registry imports each module only
 when it is used.
