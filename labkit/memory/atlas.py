@@ -27,6 +27,11 @@ Muon (``muon=True``): the memory follows the orthogonalised momentum instead of 
 S_t = η_t S_{t−1} − g_t, M_t = (1 − α_t) M_{t−1} + θ_t NS₅(S_t), with NS₅ five Newton–Schulz steps
 towards the nearest semi-orthogonal matrix (``newton_schulz``): every direction of S moves at the same rate.
 
+θ starts at min(max_lr/2, 1/(C·c)) (``titans._initial_theta``): a chunk step sums C·c gradients (each
+token's in c windows), all at the chunk's start weights, and from θ ≈ 1/2 it would multiply the memory by up
+to ~C·c per chunk (‖M‖ ≈ 10⁶ after 64 MQAR tokens at initialisation, C = 16, c = 4); see ``titans``' module
+docstring. With ``muon`` θ scales an orthogonalised step, not a sum of gradients, and starts at max_lr/2.
+
 Chunk rule and continuation as in Titans: within a chunk all gradients are taken at the chunk's start
 weights (the window's tokens from before the chunk too), and a state keeps the chunk-start weights while
 inside a chunk, plus the last c − 1 (φ(k), v, γ) of the window, so continuation is exact at any split point.
@@ -45,6 +50,7 @@ from labkit.memory.titans import (
     _check_bool,
     _check_max_lr,
     _check_positive_int,
+    _initial_theta,
     _logit,
     _per_token,
     forgetting_scan,
@@ -237,7 +243,10 @@ class Atlas(Mixer):
         self.alpha_proj = nn.Linear(d_model, n_heads)  # forgetting α
         self.gamma_proj = nn.Linear(d_model, n_heads) if window > 1 else None  # window gate γ
         with torch.no_grad():
-            self.theta_proj.bias.zero_()
+            # a chunk step sums chunk_size · window gradients at the chunk's start: θ starts where it is a
+            # non-expansion for any keys (``titans._initial_theta``); Muon's steps are orthogonalised instead
+            theta0 = self.max_lr / 2 if muon else _initial_theta(self.max_lr, chunk_size * window)
+            self.theta_proj.bias.fill_(_logit(theta0 / self.max_lr))
             self.eta_proj.bias.zero_()
             self.alpha_proj.bias.fill_(_logit(0.02))
             if self.gamma_proj is not None:
