@@ -30,7 +30,8 @@ import torch
 
 from labkit.memory import MIXERS, mixer_class
 
-__all__ = ["FULL", "QUICK", "SweepSettings", "curves", "load", "main", "merge", "points", "run_sweep"]
+__all__ = ["FULL", "QUICK", "SweepSettings", "curves", "load", "load_titans_parts", "main", "merge", "points",
+           "run_sweep", "titans_parts"]
 
 JRT_MIXERS = ("linear", "deltanet")
 
@@ -178,6 +179,38 @@ def available_mixers() -> list[str]:
     return names
 
 
+TITANS_PARTS = RESULTS.with_name("titans_parts.json")
+PARTS = ((False, False), (True, False), (False, True), (True, True))  # (momentum, forgetting)
+
+
+def titans_parts(settings: SweepSettings = FULL, d_model: int = 32, seed: int = 0, steps: int | None = None,
+                 parts=PARTS, progress: bool = False) -> list[dict]:
+    """Titans on the sweep's task with momentum and forgetting switched on and off (one ``mqar_run`` each).
+
+    Returns one record per (momentum, forgetting): those two flags, ``accuracy``, ``steps``, ``seconds``.
+    """
+    from labkit.memory.train import mqar_run
+    from labkit.runtime import progress as progress_bar
+
+    out = []
+    for momentum, forgetting in (progress_bar(parts, desc="titans parts") if progress else parts):
+        r = mqar_run("titans", d_model, settings.n_pairs, settings.seq_len, settings.vocab_size,
+                     steps=steps or settings.steps, seed=seed, n_layers=settings.n_layers, n_heads=settings.n_heads,
+                     lr=settings.lr, batch_size=settings.batch_size, n_eval=settings.n_eval,
+                     momentum=momentum, forgetting=forgetting)
+        out.append({"momentum": momentum, "forgetting": forgetting, "d_model": d_model, "seed": seed,
+                    "accuracy": r["accuracy"], "steps": r["steps"], "seconds": r["seconds"]})
+    return out
+
+
+def load_titans_parts(path: str | Path | None = None) -> dict:
+    """The committed parts-switched-off run (``python -m labkit.memory.sweep --titans-parts``)."""
+    path = Path(path) if path is not None else TITANS_PARTS
+    if not path.exists():
+        raise FileNotFoundError(f"no results at {path}: run `python -m labkit.memory.sweep --titans-parts`")
+    return json.loads(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m labkit.memory.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke-test sweep (minutes on a CPU)")
@@ -190,7 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resume", action="store_true", help="keep the points already in --out")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine these sweep files (run in parallel with different --mixers) into --out")
+    parser.add_argument("--titans-parts", action="store_true",
+                        help="Titans with momentum/forgetting switched off, width 32, seed 0 -> titans_parts.json")
     args = parser.parse_args(argv)
+    if args.titans_parts:
+        torch.set_num_threads(args.threads)
+        result = {"meta": {**machine(), "settings": asdict(FULL)}, "records": titans_parts(FULL, progress=True)}
+        (args.out or TITANS_PARTS).write_text(json.dumps(result, indent=1))
+        return result
     if args.merge:
         return merge(args.merge, args.out or RESULTS)
 
