@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,3 +131,14 @@ def progress(iterable: Iterable | None = None, **kwargs):
     kwargs.setdefault("disable", not progress_enabled())
     kwargs.setdefault("leave", False)
     return tqdm(iterable, **kwargs)
+
+
+def load_results(default: Path, script: str, path: str | Path | None = None, what: str = "results") -> dict:
+    """A committed results file (``default``, shipped under labkit/assets) or the JSON file at ``path``.
+
+    A missing file raises ``FileNotFoundError`` naming the command that writes it (``python -m <script>``).
+    """
+    path = Path(default) if path is None else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}: run `python -m {script}` to write it")
+    return json.loads(path.read_text())

@@ -43,6 +43,7 @@ import torch
 from labkit.continual.data import Task, permuted_digits
 from labkit.continual.models import MLP, Params, ParamSource, _as_params, check_compatible, get_params, set_params
 from labkit.continual.train import evaluate, train_task
+from labkit.runtime import load_results
 
 __all__ = [
     "OPCM",
@@ -469,10 +470,7 @@ SENSITIVITY = ({"finetune_lr": 1e-3, "finetune_epochs": 3}, {"finetune_lr": 1e-4
 
 def load(path: str | Path | None = None) -> dict:
     """The committed full run (``labkit/assets/merging.json``) or the file at ``path``."""
-    path = RESULTS if path is None else Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m labkit.continual.merging` to create it")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.continual.merging", path, what="results")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -66,6 +66,7 @@ from labkit.data import rng
 from labkit.data.recall import IGNORE, key_range, mqar
 from labkit.memory.model import MemoryLM, RMSNorm
 from labkit.memory.train import evaluate, train_recall
+from labkit.runtime import load_results
 from labkit.runtime import progress as progress_bar
 
 __all__ = [
@@ -802,10 +803,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "assets" / "critical.json"  #
 
 def load(path: str | Path | None = None) -> dict:
     """The committed comparison (``labkit/assets/critical.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no results at {path}: run `python -m labkit.memory.critical --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.critical", path, what="results")
 
 
 def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> dict:

@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.runtime import load_results
+
 __all__ = [
     "FULL",
     "MODES",
@@ -754,10 +756,7 @@ def load(path: str | Path | None = None) -> dict:
 
     {"meta": {...}, "experiments": {name: fastslow_compare's result, arrays as lists}}; see ``EXPERIMENTS``.
     """
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no results at {path}: run `python -m labkit.memory.fastslow --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.fastslow", path, what="results")
 
 
 def main(argv: list[str] | None = None) -> dict:

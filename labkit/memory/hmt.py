@@ -61,6 +61,7 @@ from labkit.data.recall import FILLER, IGNORE, key_range, value_range
 from labkit.memory.base import MemoryState
 from labkit.memory.model import MemoryLM
 from labkit.memory.train import evaluate, train_recall
+from labkit.runtime import load_results
 
 __all__ = ["FAST", "FULL", "HMT", "RESULTS", "VARIANTS", "extra_parameter_count", "hmt_compare", "load", "main",
            "make_variant", "merge", "search_accuracy", "segment_recall", "segment_recall_baselines"]
@@ -512,10 +513,7 @@ def _progress(iterable, desc: str):
 
 def load(path: str | Path | None = None) -> dict:
     """The committed full run (``labkit/assets/hmt.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no HMT results at {path}: run `python -m labkit.memory.hmt --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.hmt", path, what="HMT results")
 
 
 def merge(parts: Sequence[dict]) -> dict:

@@ -58,6 +58,7 @@ from labkit.data import SeedLike, _check_positive, rng
 from labkit.data.recall import IGNORE
 from labkit.memory.model import MemoryLM, RMSNorm
 from labkit.memory.train import evaluate, lr_factor, train_recall
+from labkit.runtime import load_results
 from labkit.runtime import progress as progress_bar
 
 __all__ = ["FAST", "FULL", "PERK", "QUERY", "Facts", "PerkSettings", "TARGETS", "fact_vocab", "facts",
@@ -656,10 +657,7 @@ def perk_compare(settings: PerkSettings = FULL, seed: int = 0, progress: bool = 
 
 def load(path: str | Path | None = None) -> dict:
     """The committed comparison (``labkit/assets/perk.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no PERK results at {path}: run `python -m labkit.memory.perk --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.perk", path, what="PERK results")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from labkit.runtime import load_results
+
 __all__ = [
     "RULES",
     "Ensemble",
@@ -714,10 +716,7 @@ def run_experiment(fast: bool = True, seed: int = 0, progress: bool = False) -> 
 
 def load(path: str | Path | None = None) -> dict:
     """The committed full run (``labkit/assets/permutation.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no results at {path}: run `python -m labkit.memory.permutation --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.permutation", path, what="results")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.runtime import load_results
 from labkit.runtime import progress as progress_bar
 
 __all__ = [
@@ -435,10 +436,7 @@ def _round(obj, digits: int = 4):
 
 def load(path: str | Path | None = None) -> dict:
     """The committed comparison (``labkit/assets/pointer.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no pointer results at {path}; run `python -m labkit.memory.pointer`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.pointer", path, what="pointer results")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

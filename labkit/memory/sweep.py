@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from labkit.memory import MIXERS, mixer_class
+from labkit.runtime import load_results
 
 __all__ = ["FULL", "QUICK", "SweepSettings", "curves", "load", "load_titans_parts", "main", "merge", "points",
            "run_sweep", "titans_parts"]
@@ -125,10 +126,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "assets" / "memory_sweep.json
 
 def load(path: str | Path | None = None) -> dict:
     """The committed sweep (``labkit/assets/memory_sweep.json``) or the file at ``path``."""
-    path = Path(path) if path is not None else RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"no sweep results at {path}: run `python -m labkit.memory.sweep --out {path}`")
-    return json.loads(path.read_text())
+    return load_results(RESULTS, "labkit.memory.sweep", path, what="sweep results")
 
 
 def curves(result: dict, n_passes: int = 1) -> dict[str, tuple[list[int], list[list[float]]]]:
