@@ -47,6 +47,7 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/merging.py
 
 # Student versions of every lab (solutions removed) into build/student.
 assign: setup
@@ -56,6 +57,7 @@ assign: setup
 gpu-check: setup
 	TRITON_INTERPRET=0 $(VENV)/bin/pytest -q tests/kernels
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/merging.py --out benchmarks/results/merging-gpu.json
 
 stamp: setup
 	$(PY) -m labkit stamp

@@ -23,3 +23,8 @@ from .verify_sample import verify_sample
 
 __all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "project_attend",
            "quant_attend", "titans_update", "tree_attend", "verify_sample"]
+from .merge_update import merge_update  # noqa: E402 (chapter 4: model merging)
+from .opcm_project import opcm_project  # noqa: E402
+from .ties_merge import ties_merge  # noqa: E402
+
+__all__ += ["merge_update", "opcm_project", "ties_merge"]
