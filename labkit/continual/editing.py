@@ -319,7 +319,7 @@ class WISEEditor(_Editor):
     def __init__(self, model: MLP, irrelevant: torch.Tensor, n_shards: int = 2, density: float = 0.2,
                  edits_per_shard: int = 50, alpha: float = 1.0, beta: float = 6.0, gamma: float = 3.0,
                  disjoint: bool = False, ties_density: float = 1.0, n_irr: int = 32, centred: bool = True,
-                 **kw) -> None:
+                 replay: bool = True, eps_ratio: float = 0.9, **kw) -> None:
         super().__init__(model, **kw)
         self.pool = self.net.key(irrelevant)
         self.centre = self.pool.mean(0) if centred else None
@@ -328,9 +328,10 @@ class WISEEditor(_Editor):
         margin_loss(torch.ones(1), torch.zeros(1), alpha, beta, gamma)  # validates alpha < beta, all >= 0
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.disjoint, self.ties_density = bool(disjoint), _unit("ties_density", ties_density)
+        self.replay, self.eps_ratio = bool(replay), _unit("eps_ratio", eps_ratio)
         self.side = self.net.W.clone()  # W'_0 of the current round
-        self._start_round()
         self.edit_keys = torch.empty(0, self.pool.shape[1])
+        self._start_round()
         self.threshold = math.inf
         self._merged: torch.Tensor | None = self.side
 
@@ -338,15 +339,22 @@ class WISEEditor(_Editor):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.g))
         self.masks = shard_masks(self.side.shape, self.k, self.rho, self.disjoint, seed)
         self.shards: list[torch.Tensor] = []
+        # the round's edits of each shard (augmented keys, targets), replayed in the shard's later edits
+        self.shard_data: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def edit(self, x: torch.Tensor, y: int) -> None:
         h, target = self._check_edit(x, y)
+        x_key = h[:1]  # the edit's own key (row 0; the rest are its augmentations)
         i = (self.n_edits // self.per_shard) % self.k
         if i == 0 and self.n_edits % self.per_shard == 0 and self.n_edits > 0:  # a new round
             self.side = self.side_memory()
             self._start_round()
         if i == len(self.shards):
             self.shards.append(self.side.clone())
+            self.shard_data.append((h[:0], target[:0]))
+        if self.replay:  # the shard's earlier edits of this round stay in the loss
+            self.shard_data[i] = (torch.cat([self.shard_data[i][0], h]), torch.cat([self.shard_data[i][1], target]))
+            h, target = self.shard_data[i]
         mask = self.masks[i].float()
         W = self.shards[i].clone().requires_grad_(True)
         opt = torch.optim.SGD([W], lr=self.lr)
@@ -361,10 +369,10 @@ class WISEEditor(_Editor):
             opt.step()
         self.shards[i] = W.detach()
         self.n_edits += 1
-        self.edit_keys = torch.cat([self.edit_keys, h[:1]])
+        self.edit_keys = torch.cat([self.edit_keys, x_key])
         self._merged = None
-        self.threshold = float(activation_score(self.edit_keys, self.side_memory(), self.net.W,
-                                                          self.centre).min())
+        self.threshold = self.eps_ratio * float(activation_score(self.edit_keys, self.side_memory(), self.net.W,
+                                                                 self.centre).min())
 
     def side_memory(self) -> torch.Tensor:
         """The side memory now: the current round's shards TIES-merged onto W'_0 (d_out, d_in)."""

@@ -54,6 +54,8 @@ __all__ = [
     "make_facts",
     "prequential",
     "reloop_experiment",
+    "run_all",
+    "summarize",
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "errormem.json"
@@ -180,7 +182,8 @@ def prequential(
         if memory is not None:
             memory.write(h, F.one_hot(y[t], C).float() - p_model)
         if finetune_every and (t + 1) % finetune_every == 0:
-            xs, ys = x[max(0, t + 1 - window): t + 1].reshape(-1, x.shape[2]), y[max(0, t + 1 - window): t + 1].reshape(-1)
+            recent = slice(max(0, t + 1 - window), t + 1)
+            xs, ys = x[recent].reshape(-1, x.shape[2]), y[recent].reshape(-1)
             model.train()
             for _ in range(finetune_steps):
                 idx = torch.randint(0, len(ys), (min(64, len(ys)),), generator=g)
@@ -240,3 +243,262 @@ def reloop_experiment(
             "grad_steps": r["grad_steps"], **{c: r[c] for c in ("slots", "bytes", "lookups", "compares") if c in r},
         }
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CMT: a compressed memory bank read by a frozen model
+
+
+def make_facts(n: int, d_key: int = 32, n_values: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random facts: keys (n, d_key), i.i.d. N(0, 1/d_key) entries (norm ≈ 1), values (n,) in 0..n_values−1."""
+    n, d_key, n_values = _positive_int("n", n), _positive_int("d_key", d_key), _positive_int("n_values", n_values)
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn(n, d_key, generator=g) / d_key ** 0.5, torch.randint(0, n_values, (n,), generator=g)
+
+
+class CompressedBank:
+    """A growing bank of compressed documents: z = W_c d (r numbers per document of D) and top-k read-out.
+
+    W_c: (r, D) compressor, W_d: (D, r) decoder (``None`` for both: the uncompressed bank, r = D). ``add(docs: (N, D))``
+    appends; ``read(queries: (B, D), top_k, tau)`` matches W_c q against every slot by cosine (self-matching: the same
+    compressor encodes queries and documents), keeps the top_k, and returns ĉ = W_d Σ_i softmax(s_i/τ) z_i: (B, D).
+    """
+
+    def __init__(self, D: int, W_c: torch.Tensor | None = None, W_d: torch.Tensor | None = None) -> None:
+        self.D = _positive_int("D", D)
+        if (W_c is None) != (W_d is None):
+            raise ValueError("W_c and W_d must both be given or both be None")
+        if W_c is not None and (W_c.ndim != 2 or W_c.shape[1] != D or W_d.shape != (D, W_c.shape[0])):
+            raise ValueError(f"W_c must be (r, {D}) and W_d ({D}, r), got {tuple(W_c.shape)} and {tuple(W_d.shape)}")
+        self.W_c = None if W_c is None else W_c.detach().float()
+        self.W_d = None if W_d is None else W_d.detach().float()
+        self.r = D if W_c is None else int(W_c.shape[0])
+        self.slots = torch.zeros(0, self.r)
+
+    def __len__(self) -> int:
+        return int(self.slots.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored slots (float32); the compressor itself is fixed and not counted."""
+        return 4 * self.slots.numel()
+
+    def encode(self, docs: torch.Tensor) -> torch.Tensor:
+        if docs.ndim != 2 or docs.shape[1] != self.D:
+            raise ValueError(f"docs must be (N, {self.D}), got {tuple(docs.shape)}")
+        return docs.float() if self.W_c is None else docs.float() @ self.W_c.T
+
+    def add(self, docs: torch.Tensor) -> None:
+        self.slots = torch.cat([self.slots, self.encode(docs)])
+
+    @torch.no_grad()
+    def read(self, queries: torch.Tensor, top_k: int = 1, tau: float = 0.05) -> torch.Tensor:
+        top_k = _positive_int("top_k", top_k)
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if len(self) == 0:
+            return torch.zeros(len(queries), self.D)
+        return _top_aggregate(self.encode(queries), self.slots, top_k, tau, self.W_d)
+
+
+def _top_aggregate(zq: torch.Tensor, slots: torch.Tensor, top_k: int, tau: float, W_d: torch.Tensor | None,
+                   return_sim: bool = False):
+    sim = F.normalize(zq, dim=1) @ F.normalize(slots, dim=1).T  # (B, N)
+    val, idx = sim.topk(min(top_k, slots.shape[0]), dim=1)
+    z = (val / tau).softmax(1).unsqueeze(-1).mul(slots[idx]).sum(1)  # (B, r)
+    c = z if W_d is None else z @ W_d.T
+    return (c, sim) if return_sim else c
+
+
+def _train_mlp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int,
+               noise: float = 0.0, batch: int = 64) -> None:
+    g = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (min(batch, len(y)),), generator=g)
+        xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g) / x.shape[1] ** 0.5
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+class _Reader(nn.Module):
+    """The frozen model: g(q, c) = MLP([q; c]) → logits over values; q: (B, d_key), c: (B, D)."""
+
+    def __init__(self, d_key: int, D: int, n_values: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.d_key = d_key
+        self.net = MLP(d_key + D, (hidden,), n_values)
+
+    def forward(self, qc: torch.Tensor) -> torch.Tensor:
+        return self.net(qc)
+
+
+def _train_compressor(reader: _Reader, docs: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, r: int,
+                      objective: str, steps: int, noise: float, top_k: int, tau: float, seed: int):
+    """W_c (r, D), W_d (D, r) from the pretraining documents only: ``pca`` (reconstruction) or ``memory`` (CMT)."""
+    D, d_key = docs.shape[1], keys.shape[1]
+    if objective == "pca":
+        _, _, V = torch.linalg.svd(docs, full_matrices=False)  # uncentred: cosine matching is about the origin
+        return V[:r].clone(), V[:r].T.clone()
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    W_c = nn.Parameter(torch.randn(r, D, generator=g) / D ** 0.5)
+    W_d = nn.Parameter(torch.randn(D, r, generator=g) / r ** 0.5)
+    opt = torch.optim.Adam([W_c, W_d], lr=1e-2)
+    for _ in range(steps):
+        idx = torch.randperm(len(values), generator=g)[:128]
+        k, v, d = keys[idx], values[idx], docs[idx]
+        q = k + noise * torch.randn(k.shape, generator=g) / d_key ** 0.5
+        z = d @ W_c.T
+        zq = torch.cat([q, torch.zeros(len(q), D - d_key)], 1) @ W_c.T
+        c, sim = _top_aggregate(zq, z, top_k, tau, W_d, return_sim=True)
+        answer = F.cross_entropy(reader(torch.cat([q, c], 1)), v)  # memory-aware objective
+        match = F.cross_entropy(sim / tau, torch.arange(len(v)))  # self-matching (InfoNCE)
+        loss = answer + match
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return W_c.detach(), W_d.detach()
+
+
+def cmt_experiment(
+    seed: int = 0, d_key: int = 32, n_values: int = 16, n_pretrain: int = 512, n_steps: int = 6,
+    facts_per_step: int = 64,
+    ratios: Sequence[int] = (2, 4, 8), noise: float = 0.3, top_k: int = 4, tau: float = 0.05,
+    reader_steps: int = 1500, compressor_steps: int = 400, finetune_steps: int = 200,
+    objectives: Sequence[str] = ("memory", "pca"),
+) -> dict:
+    """CMT toy: a stream of ``n_steps`` batches of new key → value facts answered by a frozen reader.
+
+    Documents d = [k; E v] (D = d_key + d_val, d_val = d_key/2), queries q = k + noise·ε/√d_key (fresh ε at test).
+    Policies: ``finetune`` (a parametric MLP q → v, pretrained on ``n_pretrain`` facts, fine-tuned ``finetune_steps``
+    Adam steps on each new batch), ``bank-full`` (uncompressed bank, top-1), and for each ratio ρ and objective,
+    ``cmt-<objective>-x<ρ>`` (r = D/ρ slots per document; ``memory``: the CMT objective, ``pca``: reconstruction).
+    After each step: accuracy on that step's facts (``new``), on step 0's facts (``first``), on all stream facts so
+    far (``seen``), and the bank's bytes.
+    """
+    for o in objectives:
+        if o not in ("memory", "pca"):
+            raise ValueError(f"objectives must be from ('memory', 'pca'), got {o!r}")
+    d_val = max(d_key // 2, 1)
+    D = d_key + d_val
+    for rho in ratios:
+        if isinstance(rho, bool) or not isinstance(rho, int) or not 1 <= rho <= D:
+            raise ValueError(f"ratios must be ints in 1..{D}, got {rho!r}")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    E = torch.randn(n_values, d_val, generator=g) / d_val ** 0.5  # value embeddings (fixed, "the vocabulary")
+    keys, values = make_facts(n_pretrain + n_steps * facts_per_step, d_key, n_values, seed)
+    docs = torch.cat([keys, E[values]], 1)
+    pre = slice(0, n_pretrain)
+    steps = [slice(n_pretrain + s * facts_per_step, n_pretrain + (s + 1) * facts_per_step) for s in range(n_steps)]
+    queries = keys + noise * torch.randn(keys.shape, generator=g) / d_key ** 0.5  # test queries (paraphrases)
+    # the frozen reader: learns to answer from [q; c] with c the (noisy) true document of the pretraining facts
+    reader = _Reader(d_key, D, n_values)
+    # (half the time with the context's key part blanked, so that it reads the answer from the value part alone)
+    blank = torch.cat([torch.zeros(n_pretrain, d_key), E[values[pre]]], 1)
+    qc = torch.cat([torch.cat([keys[pre], docs[pre]], 1), torch.cat([keys[pre], blank], 1)])
+    _train_mlp(reader, qc, values[pre].repeat(2), reader_steps, 3e-3, seed, noise=noise)
+    reader.eval()
+    for p in reader.parameters():
+        p.requires_grad_(False)
+
+    def answer_acc(bank: CompressedBank, sl: slice, k: int) -> float:
+        q = queries[sl]
+        c = bank.read(torch.cat([q, torch.zeros(len(q), d_val)], 1), k, tau)
+        return float((reader(torch.cat([q, c], 1)).argmax(1) == values[sl]).float().mean())
+
+    banks = {"bank-full": (CompressedBank(D), 1)}
+    for obj in objectives:
+        for rho in ratios:
+            r = max(D // int(rho), 1)
+            W_c, W_d = _train_compressor(reader, docs[pre], keys[pre], values[pre], r, obj, compressor_steps,
+                                         noise, top_k, tau, seed)
+            banks[f"cmt-{obj}-x{rho}"] = (CompressedBank(D, W_c, W_d), top_k)
+    parametric = MLP(d_key, (128,), n_values)
+    _train_mlp(parametric, keys[pre], values[pre], reader_steps, 3e-3, seed, noise=noise)
+    out = {"seed": seed, "D": D, "policies": {n: {"new": [], "first": [], "seen": [], "bytes": []}
+                                              for n in ["finetune", *banks]}}
+    for s, sl in enumerate(steps):
+        seen = slice(steps[0].start, sl.stop)
+        _train_mlp(parametric, keys[sl], values[sl], finetune_steps, 3e-3, seed + s, noise=noise)
+        with torch.no_grad():
+            accs = {name: float((parametric(queries[z]).argmax(1) == values[z]).float().mean())
+                    for name, z in (("new", sl), ("first", steps[0]), ("seen", seen))}
+        rec = out["policies"]["finetune"]
+        for m in ("new", "first", "seen"):
+            rec[m].append(accs[m])
+        rec["bytes"].append(4 * sum(p.numel() for p in parametric.parameters()))
+        for name, (bank, k) in banks.items():
+            bank.add(docs[sl])
+            rec = out["policies"][name]
+            for m, z in (("new", sl), ("first", steps[0]), ("seen", seen)):
+                rec[m].append(answer_acc(bank, z, k))
+            rec["bytes"].append(bank.nbytes)
+    # how much the reader knows without any memory (zero context) about the stream facts: chance-level check
+    with torch.no_grad():
+        q = queries[steps[0].start:]
+        out["reader_no_memory"] = float((reader(torch.cat([q, torch.zeros(len(q), D)], 1)).argmax(1)
+                                         == values[steps[0].start:]).float().mean())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FAST / full runs and the committed results
+
+FAST = {"reloop": {"n_batches": 40}, "cmt": {"n_steps": 4, "ratios": (2, 4), "reader_steps": 600,
+                                               "compressor_steps": 200, "finetune_steps": 100}}
+FULL: dict = {"reloop": {}, "cmt": {}}
+SEEDS = (0, 1, 2)
+
+
+def summarize(runs: Sequence[dict], metric: str) -> dict:
+    """Mean and std over seeds of every policy's ``metric`` (a number or a list, element-wise)."""
+    names = runs[0]["policies"]
+    out = {}
+    for n in names:
+        a = np.array([r["policies"][n][metric] for r in runs], dtype=float)
+        out[n] = {"mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
+    return out
+
+
+def run_all(fast: bool = False, seeds: Sequence[int] = SEEDS) -> dict:
+    """Both experiments over ``seeds`` (FAST: smaller settings), with wall times."""
+    torch.set_num_threads(1)
+    cfg = FAST if fast else FULL
+    t0 = time.perf_counter()
+    reloop = [reloop_experiment(seed=s, **cfg["reloop"]) for s in seeds]
+    t1 = time.perf_counter()
+    cmt = [cmt_experiment(seed=s, **cfg["cmt"]) for s in seeds]
+    t2 = time.perf_counter()
+    return {"fast": fast, "seeds": list(seeds), "reloop": reloop, "cmt": cmt,
+            "seconds": {"reloop": t1 - t0, "cmt": t2 - t1}}
+
+
+def load(path: str | Path | None = None) -> dict:
+    """The committed full run (``labkit/assets/errormem.json``) or the file at ``path``."""
+    return load_results(RESULTS, "labkit.continual.errormem", path, what="results")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Chapter 4: ReLoop2 error memory and CMT compressed bank, 3 seeds.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    res = run_all(False, args.seeds)
+    args.out.write_text(json.dumps(res))
+    for n, v in summarize(res["reloop"], "mean_accuracy").items():
+        ll = summarize(res["reloop"], "mean_logloss")[n]
+        print(f"reloop {n:14s} acc {100 * v['mean']:.1f}±{100 * v['std']:.1f} logloss {ll['mean']:.3f}")
+    for n, v in summarize(res["cmt"], "seen").items():
+        f = summarize(res["cmt"], "first")[n]
+        print(f"cmt {n:16s} seen {100 * v['mean'][-1]:.1f}±{100 * v['std'][-1]:.1f} "
+              f"first {100 * f['mean'][-1]:.1f} bytes {res['cmt'][0]['policies'][n]['bytes'][-1]}")
+    print("seconds", res["seconds"])
+
+
+if __name__ == "__main__":
+    main()
