@@ -733,7 +733,7 @@ def mos_experiment(seeds: Sequence[int] = (0, 1, 2), n_tasks: int = 5, hidden: S
 # ---------------------------------------------------------------------------------------------------------
 # Sizes, results file
 
-FAST = {"editing": {"seeds": (0,), "n_edits": (5, 12), "train_steps": 400, "steps": 20},
+FAST = {"editing": {"seeds": (0,), "n_edits": (5, 12), "train_steps": 300, "steps": 20},
         "mos": {"seeds": (0,), "pretrain_epochs": 2, "epochs": 3}}
 FULL = {"editing": {"seeds": (0, 1, 2), "n_edits": (10, 50, 100)},
         "mos": {"seeds": (0, 1, 2, 3, 4)}}

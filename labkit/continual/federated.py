@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
+from labkit.continual._checks import positive_int as _positive_int
 from labkit.continual.data import Task, permuted_digits
 from labkit.continual.metrics import AccuracyMatrix
 from labkit.continual.models import MLP, Params
@@ -81,12 +82,6 @@ METHODS = ("fedavg", "fot")
 BACKENDS = ("sim", "gloo")
 SPLITS = ("dirichlet", "iid")
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "federated.json"
-
-
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 def _check_threshold(threshold: float) -> float:

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labkit.continual._checks import nonneg_int as _nonneg_int
+from labkit.continual._checks import positive_int as _positive_int
 from labkit.data import corpus
 from labkit.models import TinyLM
 from labkit.models import tokenizer as tk
@@ -85,18 +87,6 @@ NEWLINE = tk.encode("\n")[0]
 
 # ---------------------------------------------------------------------------------------------------------
 # Validation
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {v!r}")
-    return int(v)
-
-
-def _nonneg_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-    return int(v)
 
 
 def _check_sentences(name: str, sentences: Sequence[str], min_len: int = 1) -> list[str]:

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.continual._checks import positive_int as _pos_int
 from labkit.continual.data import Task, digits_split, permuted_digits
 from labkit.continual.metrics import AccuracyMatrix
 from labkit.continual.models import MLP
@@ -79,12 +80,6 @@ __all__ = [
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "lora.json"
-
-
-def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 def _check_decay(decay: float) -> float:

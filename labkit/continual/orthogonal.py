@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.continual._checks import positive_int as _pos_int
 from labkit.continual.data import digits_split
 from labkit.runtime import load_results
 
@@ -77,12 +78,6 @@ __all__ = [
 
 MODES = ("row", "column", "auto")
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "orthogonal.json"
-
-
-def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.continual._checks import positive_int as _pos_int
 from labkit.continual.data import Task, digits_split, permuted_digits, split_digits
 from labkit.continual.metrics import AccuracyMatrix
 from labkit.continual.models import MLP
@@ -74,12 +75,6 @@ __all__ = [
 STREAMS = ("permuted", "split")
 EXPERIMENTS = ("view_batch", "online")
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "rehearsal.json"
-
-
-def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 def _seed(v) -> int:

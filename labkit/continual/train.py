@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from labkit.continual._checks import positive_int as _positive_int
 from labkit.continual.data import Task
 from labkit.continual.metrics import AccuracyMatrix
 from labkit.continual.models import Params, check_compatible, get_params
@@ -53,12 +54,6 @@ STRATEGIES = ("finetune", "replay_uniform", "replay_powerlaw", "ewc", "joint")
 # A replay source: (n, rng) -> (x: (n, d), y: (n,)), or None when there is nothing to replay yet.
 Replay = Callable[[int, np.random.Generator], "tuple[torch.Tensor, torch.Tensor] | None"]
 Penalty = Callable[[nn.Module], torch.Tensor]
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 # ---------------------------------------------------------------------------------------------------------
