@@ -50,8 +50,16 @@ def main() -> None:
         print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     out = ROOT / "benchmarks" / "results" / f"notebooks-{socket.gethostname()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"host": socket.gethostname(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-                               "cpu_count": os.cpu_count(), "budgets_s": BUDGETS_S, "notebooks": rows}, indent=2))
+    # timing some notebooks keeps the other notebooks' earlier rows (each row carries its own date)
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    kept = json.loads(out.read_text())["notebooks"] if out.exists() else []
+    by_name = {r["notebook"]: r for r in kept}
+    for row in rows:
+        by_name[row["notebook"]] = {**by_name.get(row["notebook"], {}), **row, "date": now}
+    out.write_text(json.dumps({"host": socket.gethostname(), "date": now, "cpu_count": os.cpu_count(),
+                               "budgets_s": BUDGETS_S, "notebooks": sorted(by_name.values(),
+                                                                           key=lambda r: r["notebook"])},
+                              indent=2))
     print(f"wrote {out}")
 
 

@@ -14,12 +14,17 @@ y_e on x_e, on its paraphrases (generalisation) and nowhere else (locality). Thr
 
       L_a = mean_I [Δ(x_i) − α]₊ + mean_E [β − Δ(x_e)]₊ + [γ − (min_E Δ(x_e) − max_I Δ(x_i))]₊,
 
-  which keeps irrelevant scores under α, edit scores over β and a gap γ between them; ε = min over the edits so
-  far of Δ(x_e) (calibrated on edit data after each edit). *Knowledge sharding*: the edits are dealt to k shards
-  in turn (``edits_per_shard`` each); shard i trains only the entries of W' in a random mask M_i of density ρ
-  (gradient mask; the masks are independent, overlapping in ≈ ρ² of the entries, or disjoint), starting from
-  the side memory W'_0 of the round; the shards are then merged with TIES (``labkit.continual.merging.ties``) on
-  the shard vectors τ_i = W'_i − W'_0: W' = W'_0 + TIES(τ_1..τ_k).
+  which keeps irrelevant scores under α, edit scores over β and a gap γ between them; ε = r · min over the edits
+  so far of Δ(x_e) (recalibrated on the edit keys after each edit; r = ``eps_ratio`` < 1 so that the minimum-score
+  edit itself is routed — with r = 1 the strict test Δ > ε always dropped it). *Knowledge sharding*: the edits are
+  dealt to k shards in turn (``edits_per_shard`` each); shard i trains only the entries of W' in a random mask M_i
+  of density ρ (gradient mask; the masks are independent, overlapping in ≈ ρ² of the entries, or disjoint),
+  starting from the side memory W'_0 of the round; the shards are then merged with TIES
+  (``labkit.continual.merging.ties``) on the shard vectors τ_i = W'_i − W'_0: W' = W'_0 + TIES(τ_1..τ_k).
+  *Replay (ours)*: a shard accumulates its edits sequentially, and each new edit's loss (CE + L_a) runs over all the
+  shard's edits of the round so far, not the new edit alone (``replay=True``). Without it a toy layer this small
+  forgets: each edit's SGD overwrote its predecessors and only the last edit of each shard survived. The paper's
+  LLM layers are large enough for sequential edits to barely interfere; here the shard's edits must be replayed.
 
 ``editing_experiment`` trains an ``MLP`` on the digits (the knowledge), picks T held-out test images as edits
 with a new random label each, paraphrases them with Gaussian pixel noise, and reports reliability, generalisation
@@ -314,6 +319,8 @@ class WISEEditor(_Editor):
     k and ρ of knowledge sharding (n_shards 1 with density 1: one side memory, no sharding). edits_per_shard:
     edits dealt to each shard before moving on; after k·edits_per_shard edits the shards are merged into the
     side memory and a new round of masks starts. alpha, beta, gamma: the margin loss (activation units).
+    replay: each edit's loss also covers the shard's earlier edits of the round (their augmented keys), so a shard
+    keeps all of its edits. eps_ratio r ∈ (0, 1]: the router's threshold ε = r · min over edits of Δ(x_e).
     """
 
     def __init__(self, model: MLP, irrelevant: torch.Tensor, n_shards: int = 2, density: float = 0.2,

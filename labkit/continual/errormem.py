@@ -14,6 +14,12 @@ is predicted with the memory as it stood after batch t − 1, and only then are 
 (``prequential``). The paper stores errors in a locality-sensitive sketch; we use exact kNN over a ring buffer
 (same estimator, exact neighbours, cost = slots compared per lookup).
 
+*Honest control.* Our stream re-draws (with replacement) from only 360 test images, so the memory often holds the
+query's own source image, rotated a few degrees less: its error is a near-duplicate's. ``frozen+mem (no same image)``
+tags every slot with the id of its source image and drops, for each query, the slots written from the query's own
+image before the kNN look-up (ê(x) averages the k most similar *other* images). The stream is the same, so the
+difference to ``frozen+mem`` is exactly the near-duplicate recall.
+
 **CMT** (Compression Memory Training, "A Memory Compression Method for Continual Knowledge Learning of LLMs").
 New documents are *compressed* into memory slots and kept in a bank; the model's weights never change. A query is
 matched against the bank and the retrieved memories condition the frozen model. Our toy (``cmt_experiment``): facts
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.continual.data import Task, drifting_stream
+from labkit.continual.data import Task, _check_seed, digits_split, drifting_stream
 from labkit.continual.models import MLP
 from labkit.continual.train import _positive_int, train_task
 from labkit.runtime import load_results
@@ -76,7 +82,9 @@ class ErrorMemory:
 
     capacity: number of slots; when full, each write overwrites the oldest slot. k: neighbours averaged per look-up
     (min(k, len) while the memory fills). Counters: ``n_writes``, ``n_lookups`` (queries answered) and
-    ``n_compares`` (key comparisons made, = Σ over queries of the slots filled at the time).
+    ``n_compares`` (key comparisons made, = Σ over queries of the slots filled at the time), ``n_excluded`` (slots
+    dropped from look-ups because they share the query's source id, see ``lookup``). ``source``: (capacity,) int64,
+    the source id written with each slot (−1: none).
     """
 
     def __init__(self, capacity: int, dim: int, n_outputs: int, k: int = 8) -> None:
@@ -87,9 +95,10 @@ class ErrorMemory:
         self.keys = torch.zeros(self.capacity, self.dim)
         self.errors = torch.zeros(self.capacity, self.n_outputs)
         self.age = torch.zeros(self.capacity, dtype=torch.int64)  # write index of each slot (for FIFO checks)
+        self.source = torch.full((self.capacity,), -1, dtype=torch.int64)  # source id of each slot (−1: none)
         self.size = 0
         self._next = 0  # ring position of the next write
-        self.n_writes = self.n_lookups = self.n_compares = 0
+        self.n_writes = self.n_lookups = self.n_compares = self.n_excluded = 0
 
     def __len__(self) -> int:
         return self.size
@@ -102,33 +111,58 @@ class ErrorMemory:
     def clear(self) -> None:
         self.size = self._next = 0
 
-    def write(self, keys: torch.Tensor, errors: torch.Tensor) -> None:
-        """keys: (B, dim), errors: (B, n_outputs); written in order, the oldest slots overwritten first."""
+    def write(self, keys: torch.Tensor, errors: torch.Tensor, source: torch.Tensor | None = None) -> None:
+        """keys: (B, dim), errors: (B, n_outputs), source: (B,) int ids ≥ 0 or None (stored as −1); written in order,
+        the oldest slots overwritten first."""
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys must be (B, {self.dim}), got {tuple(keys.shape)}")
         if errors.ndim != 2 or errors.shape != (keys.shape[0], self.n_outputs):
             raise ValueError(f"errors must be ({keys.shape[0]}, {self.n_outputs}), got {tuple(errors.shape)}")
+        source = self._check_source("source", source, len(keys))
         keys, errors = keys.detach().float(), errors.detach().float()
         for i in range(len(keys)):
             self.keys[self._next], self.errors[self._next] = keys[i], errors[i]
+            self.source[self._next] = -1 if source is None else source[i]
             self.age[self._next] = self.n_writes
             self.n_writes += 1
             self._next = (self._next + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
 
+    @staticmethod
+    def _check_source(name: str, source: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if source is None:
+            return None
+        source = torch.as_tensor(source)
+        if source.shape != (n,) or source.dtype not in (torch.int32, torch.int64) or bool((source < 0).any()):
+            raise ValueError(f"{name} must be ({n},) non-negative int ids, got shape {tuple(source.shape)}, "
+                             f"dtype {source.dtype}")
+        return source.long()
+
     @torch.no_grad()
-    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """keys: (B, dim) → ê: (B, n_outputs), the mean error of the k most cosine-similar stored keys (0 if empty)."""
+    def lookup(self, keys: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """keys: (B, dim) → ê: (B, n_outputs), the mean error of the k most cosine-similar stored keys (0 if empty).
+
+        exclude: (B,) int source ids or None. Query b then ignores every slot written with source id exclude[b]
+        (the honest control: no near-duplicate of the query's own image) and averages the k most similar of the
+        remaining slots (fewer if fewer remain; 0 if none does).
+        """
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys must be (B, {self.dim}), got {tuple(keys.shape)}")
+        exclude = self._check_source("exclude", exclude, len(keys))
         self.n_lookups += len(keys)
         if self.size == 0:
             return torch.zeros(len(keys), self.n_outputs)
         self.n_compares += len(keys) * self.size
         stored = F.normalize(self.keys[: self.size], dim=1)
         sim = F.normalize(keys.float(), dim=1) @ stored.T  # (B, size)
-        idx = sim.topk(min(self.k, self.size), dim=1).indices  # (B, k)
-        return self.errors[: self.size][idx].mean(1)
+        if exclude is None:
+            idx = sim.topk(min(self.k, self.size), dim=1).indices  # (B, k)
+            return self.errors[: self.size][idx].mean(1)
+        same = self.source[: self.size].unsqueeze(0) == exclude.unsqueeze(1)  # (B, size)
+        self.n_excluded += int(same.sum())
+        val, idx = sim.masked_fill(same, float("-inf")).topk(min(self.k, self.size), dim=1)
+        keep = torch.isfinite(val).float().unsqueeze(-1)  # (B, k): 0 for excluded slots that filled the top-k
+        return (self.errors[: self.size][idx] * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
 def compensate(probs: torch.Tensor, err_hat: torch.Tensor, lam: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -145,6 +179,7 @@ def compensate(probs: torch.Tensor, err_hat: torch.Tensor, lam: float = 1.0, eps
 def prequential(
     model: MLP, x: torch.Tensor, y: torch.Tensor, memory: ErrorMemory | None = None, lam: float = 1.0,
     finetune_every: int | None = None, finetune_steps: int = 10, window: int = 5, lr: float = 1e-3, seed: int = 0,
+    source: torch.Tensor | None = None,
 ) -> dict:
     """Serve a stream prequentially: predict batch t, then reveal y[t], write its errors, maybe fine-tune.
 
@@ -152,8 +187,10 @@ def prequential(
     memory: the error memory (keys = ``model.features``, errors = one-hot(y) − softmax of the model, *not* of the
     compensated prediction); None serves the bare model. finetune_every: every that many batches, take
     ``finetune_steps`` Adam steps on the last ``window`` revealed batches (then the memory is cleared: its errors
-    belong to the old model). Returns probs (T, B, C) (what was served), per-batch ``accuracy`` and ``logloss``
-    (T,), ``grad_steps`` and the memory's counters.
+    belong to the old model). source: (T, B) int ids of each example's source image, or None; when given, the memory
+    stores them and each look-up excludes the slots of the query's own source (``ErrorMemory.lookup(exclude=...)``).
+    Returns probs (T, B, C) (what was served), per-batch ``accuracy`` and ``logloss`` (T,), ``grad_steps`` and the
+    memory's counters (``excluded``: slots dropped as same-source, summed over look-ups).
     """
     if x.ndim != 3 or y.shape != x.shape[:2]:
         raise ValueError(f"x must be (T, B, d) and y (T, B), got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -161,6 +198,12 @@ def prequential(
         finetune_every = _positive_int("finetune_every", finetune_every)
     finetune_steps, window = _positive_int("finetune_steps", finetune_steps), _positive_int("window", window)
     lam = _check_fraction("lam", lam)
+    if source is not None:
+        if memory is None:
+            raise ValueError("source needs a memory (it only filters the memory's look-ups), got memory=None")
+        source = torch.as_tensor(source)
+        if source.shape != y.shape:
+            raise ValueError(f"source must be (T, B) = {tuple(y.shape)}, got {tuple(source.shape)}")
     model = copy.deepcopy(model)
     T, B = y.shape
     C = model.n_classes
@@ -176,11 +219,12 @@ def prequential(
         with torch.no_grad():
             h = model.features(x[t])
             p_model = model.head(h).softmax(-1)
-            p = p_model if memory is None else compensate(p_model, memory.lookup(h), lam)
+            src = None if source is None else source[t]
+            p = p_model if memory is None else compensate(p_model, memory.lookup(h, exclude=src), lam)
         probs[t] = p
         # the label of batch t is revealed only now
         if memory is not None:
-            memory.write(h, F.one_hot(y[t], C).float() - p_model)
+            memory.write(h, F.one_hot(y[t], C).float() - p_model, source=src)
         if finetune_every and (t + 1) % finetune_every == 0:
             recent = slice(max(0, t + 1 - window), t + 1)
             xs, ys = x[recent].reshape(-1, x.shape[2]), y[recent].reshape(-1)
@@ -198,8 +242,24 @@ def prequential(
     out = {"probs": probs, "accuracy": (probs.argmax(-1) == y).float().mean(1).numpy(),
            "logloss": (-p_true.log()).mean(1).numpy(), "grad_steps": grad_steps}
     if memory is not None:
-        out.update(slots=memory.capacity, bytes=memory.nbytes, lookups=memory.n_lookups, compares=memory.n_compares)
+        out.update(slots=memory.capacity, bytes=memory.nbytes, lookups=memory.n_lookups, compares=memory.n_compares,
+                   excluded=memory.n_excluded)
     return out
+
+
+def _stream_source_ids(n_batches: int, batch_size: int, seed: int = 0, test_frac: float = 0.2) -> torch.Tensor:
+    """(n_batches, batch_size) int64: the digits index of the source image of every example of
+    ``drifting_stream(n_batches, batch_size, ..., seed=seed, test_frac=test_frac)``.
+
+    ``drifting_stream`` does not return its draws, so this replays its random generator (a seeded permutation, then
+    one ``integers(0, len(pool), batch_size)`` per batch); the unit tests check that the ids agree with the stream
+    (labels, identical rows for repeated ids within a batch), so a change in ``data.py`` shows up there.
+    """
+    base = digits_split(seed, test_frac)
+    pool = base.info["test_idx"]
+    rng = np.random.default_rng([_check_seed(seed), 3])
+    rng.permutation(64)  # the "permutation" kind's pixel permutation is drawn first, whatever the kind
+    return torch.from_numpy(np.stack([pool[rng.integers(0, len(pool), batch_size)] for _ in range(n_batches)]))
 
 
 def reloop_experiment(
@@ -212,8 +272,10 @@ def reloop_experiment(
     An MLP is trained on the upright training digits, then serves a ``drifting_stream`` (rotation up to
     ``max_drift`` degrees) prequentially under five policies: ``frozen``, ``frozen+mem`` (ReLoop2), ``frozen+global``
     (memory with k = capacity: the mean recent error, a bias correction with no locality), ``finetune`` (every
-    ``finetune_every`` batches) and ``finetune+mem``. Returns per-policy accuracy/log-loss per time window
-    (``n_windows`` equal slices of the stream), grad steps and memory cost.
+    ``finetune_every`` batches), ``finetune+mem`` and the honest control ``frozen+mem (no same image)`` (ReLoop2,
+    but each query ignores the slots written from its own source image). Returns per-policy accuracy/log-loss per
+    time window (``n_windows`` equal slices of the stream), grad steps and memory cost (``excluded``: same-image slots
+    dropped, summed over look-ups).
     """
     torch.manual_seed(seed)
     stream = drifting_stream(n_batches, batch_size, "rotation", max_drift=max_drift, seed=seed)
@@ -230,6 +292,8 @@ def reloop_experiment(
         "frozen+global": {"memory": ErrorMemory(capacity, H, 2, capacity)},
         "finetune": {"finetune_every": finetune_every},
         "finetune+mem": {"finetune_every": finetune_every, "memory": ErrorMemory(capacity, H, 2, k)},
+        "frozen+mem (no same image)": {"memory": ErrorMemory(capacity, H, 2, k),
+                                       "source": _stream_source_ids(n_batches, batch_size, seed)},
     }
     out = {"seed": seed, "drift": stream.drift.tolist(), "policies": {}}
     for name, kw in policies.items():
@@ -240,7 +304,8 @@ def reloop_experiment(
             "window_accuracy": [float(r["accuracy"][w].mean()) for w in windows],
             "window_logloss": [float(r["logloss"][w].mean()) for w in windows],
             "mean_accuracy": float(r["accuracy"].mean()), "mean_logloss": float(r["logloss"].mean()),
-            "grad_steps": r["grad_steps"], **{c: r[c] for c in ("slots", "bytes", "lookups", "compares") if c in r},
+            "grad_steps": r["grad_steps"],
+            **{c: r[c] for c in ("slots", "bytes", "lookups", "compares", "excluded") if c in r},
         }
     return out
 
@@ -492,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(res))
     for n, v in summarize(res["reloop"], "mean_accuracy").items():
         ll = summarize(res["reloop"], "mean_logloss")[n]
-        print(f"reloop {n:14s} acc {100 * v['mean']:.1f}±{100 * v['std']:.1f} logloss {ll['mean']:.3f}")
+        print(f"reloop {n:26s} acc {100 * v['mean']:.1f}±{100 * v['std']:.1f} logloss {ll['mean']:.3f}")
     for n, v in summarize(res["cmt"], "seen").items():
         f = summarize(res["cmt"], "first")[n]
         print(f"cmt {n:16s} seen {100 * v['mean'][-1]:.1f}±{100 * v['std'][-1]:.1f} "

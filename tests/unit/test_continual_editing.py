@@ -13,6 +13,7 @@ from labkit.continual.editing import (
     WISEEditor,
     activation_score,
     editing_experiment,
+    knowledge_model,
     margin_loss,
     merge_shards,
     mos_experiment,
@@ -49,8 +50,43 @@ def test_router_below_threshold_is_exactly_the_main_memory():
     out = ed.logits(x)
     assert torch.equal(out[~side], main[~side])  # bit for bit the main memory
     assert not torch.allclose(out[side], main[side])  # the side memory did change something
-    # at most the edited inputs' minimum score: every edit is routed to the side memory
-    assert route(activation_score(ed.edit_keys, ed.side_memory(), ed.net.W, ed.centre), ed.threshold - 1e-6).all()
+    # ε lies below the edited inputs' minimum score: every edit itself is routed to the side memory (strictly)
+    assert route(activation_score(ed.edit_keys, ed.side_memory(), ed.net.W, ed.centre), ed.threshold).all()
+
+
+def test_wise_keeps_every_edit_of_a_shard():
+    """Regression: edits dealt to one masked shard must all survive (before the fix only the shard's last edit did:
+    each edit trained on itself alone and overwrote its predecessors, and the edit with the minimum score sat exactly
+    on ε = min Δ, so the strict router sent it to the main memory)."""
+    model, keys, _ = knowledge_model(0, n_facts=200, d_key=32, hidden=(64, 64), steps=300)
+    with torch.no_grad():
+        y0 = model(keys).argmax(-1)
+    xs, ys = keys[:4], (y0[:4] + 1 + torch.arange(4) % 3) % 10  # 4 new answers, all in shard 0 of 2
+
+    def run(**kw) -> tuple[float, float, float]:
+        ed = WISEEditor(model, keys[100:], n_shards=2, density=0.2, edits_per_shard=4, steps=30, lr=0.2, seed=0, **kw)
+        for j in range(4):
+            ed.edit(xs[j], int(ys[j]))
+        h = ed.net.key(xs)
+        side_ok = (ed.net.logits(h, ed.side_memory()).argmax(-1) == ys).float().mean().item()
+        routed = route(activation_score(h, ed.side_memory(), ed.net.W, ed.centre), ed.threshold).float().mean().item()
+        return (ed.predict(xs) == ys).float().mean().item(), side_ok, routed
+
+    assert run() == (1.0, 1.0, 1.0)  # reliable: the side memory answers all 4 and the router sends all 4 there
+    no_replay = run(replay=False)
+    assert no_replay[1] <= 0.5  # without replaying the shard's earlier edits, later edits overwrite them
+    assert run(eps_ratio=1.0)[2] < 1.0  # with ε = min Δ exactly, the minimum-score edit is not routed
+
+
+def test_wise_sharded_memory_is_trained_only_inside_the_masks():
+    model, keys, _ = knowledge_model(1, n_facts=200, d_key=32, hidden=(64, 64), steps=100)
+    ed = WISEEditor(model, keys[100:], n_shards=2, density=0.2, edits_per_shard=2, steps=10, lr=0.2, seed=1)
+    for j in range(4):
+        ed.edit(keys[j], int(j % 10))
+    for i in range(2):  # each shard moved, and only where its mask allows
+        moved = (ed.shards[i] - ed.side) != 0
+        assert moved.any() and not (moved & ~ed.masks[i]).any()
+    assert len(ed.shard_data[0][0]) == 2 * (1 + ed.n_aug)  # shard 0 replays both of its edits
 
 
 def test_activation_score_and_route():
@@ -144,6 +180,8 @@ def test_bad_inputs_name_the_argument():
         ed.edit(torch.zeros(8), 7)
     with pytest.raises(ValueError, match="x must be"):
         ed.edit(torch.zeros(5), 1)
+    with pytest.raises(ValueError, match="eps_ratio"):
+        WISEEditor(model, torch.randn(10, 8), eps_ratio=0.0)
     with pytest.raises(ValueError, match="methods"):
         editing_experiment(methods=("rome",))
     with pytest.raises(ValueError, match="merge_alpha"):
@@ -158,6 +196,9 @@ def test_fast_experiments_run_in_budget():
     # retrieval keeps every edit; WISE's router leaves unrelated facts closer to the original than FT-L does
     assert s["retrieval"]["5"]["reliability"]["mean"] == 1.0
     assert s["wise_no_shard"]["12"]["locality"]["mean"] > s["ft_l"]["12"]["locality"]["mean"]
+    # WISE keeps its edits: far more than one per shard (the old bug gave exactly 2/T), and all of them unsharded
+    assert s["wise"]["12"]["reliability"]["mean"] > 4 / 12
+    assert s["wise_no_shard"]["12"]["reliability"]["mean"] >= 0.9
     t0 = time.perf_counter()
     mos = mos_experiment(**FAST["mos"])
     assert time.perf_counter() - t0 < 16

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from labkit.continual.data import _raw_digits, drifting_stream
 from labkit.continual.errormem import (
     CompressedBank,
     ErrorMemory,
+    _stream_source_ids,
     cmt_experiment,
     compensate,
     make_facts,
@@ -134,12 +136,78 @@ def test_bad_arguments_name_the_argument():
 def test_reloop_experiment_memory_helps_the_frozen_model():
     r = reloop_experiment(seed=0, n_batches=30)
     pol = r["policies"]
-    assert set(pol) == {"frozen", "frozen+mem", "frozen+global", "finetune", "finetune+mem"}
+    assert set(pol) == {"frozen", "frozen+mem", "frozen+global", "finetune", "finetune+mem",
+                        "frozen+mem (no same image)"}
+    assert pol["frozen+mem (no same image)"]["excluded"] > 0 and pol["frozen+mem"]["excluded"] == 0
     assert pol["frozen"]["window_accuracy"][0] > pol["frozen"]["window_accuracy"][-1]  # the drift hurts
     assert pol["frozen+mem"]["mean_accuracy"] > pol["frozen"]["mean_accuracy"] + 0.05
     assert pol["frozen"]["grad_steps"] == 0 and pol["finetune"]["grad_steps"] > 0
     assert pol["frozen+mem"]["lookups"] == 30 * 32
     assert r == reloop_experiment(seed=0, n_batches=30)  # deterministic
+
+
+def test_exclude_equals_lookup_in_a_memory_without_those_slots():
+    g = torch.Generator().manual_seed(3)
+    for _trial in range(10):
+        n, d, c, b, k = 20, 4, 2, 6, int(torch.randint(1, 8, (1,), generator=g))
+        keys, errs = torch.randn(n, d, generator=g), torch.randn(n, c, generator=g)
+        src = torch.randint(0, 5, (n,), generator=g)
+        q, ex = torch.randn(b, d, generator=g), torch.randint(0, 5, (b,), generator=g)
+        mem = ErrorMemory(n, d, c, k)
+        mem.write(keys, errs, source=src)
+        got = mem.lookup(q, exclude=ex)
+        for i in range(b):  # reference: a memory that never held the query's own source
+            keep = src != ex[i]
+            ref = ErrorMemory(n, d, c, k)
+            if keep.any():
+                ref.write(keys[keep], errs[keep])
+            torch.testing.assert_close(got[i], ref.lookup(q[i: i + 1])[0])
+        assert mem.n_excluded == int((src.unsqueeze(0) == ex.unsqueeze(1)).sum())
+    # a stored exact copy of the query (same source) is used without exclusion, ignored with it
+    mem = ErrorMemory(4, 2, 1, k=1)
+    mem.write(torch.tensor([[1.0, 0.0], [0.8, 0.6]]), torch.tensor([[5.0], [-1.0]]), source=torch.tensor([7, 8]))
+    assert mem.lookup(torch.tensor([[1.0, 0.0]])).item() == 5.0
+    assert mem.lookup(torch.tensor([[1.0, 0.0]]), exclude=torch.tensor([7])).item() == -1.0
+    with pytest.raises(ValueError, match="exclude"):
+        mem.lookup(torch.tensor([[1.0, 0.0]]), exclude=torch.tensor([7, 8]))
+    with pytest.raises(ValueError, match="source"):
+        mem.write(torch.randn(2, 2), torch.randn(2, 1), source=torch.tensor([-1, 0]))
+
+
+def test_prequential_source_filters_only_same_source():
+    x, y = _stream(T=6)
+    model = _model()
+    plain = prequential(model, x, y, memory=ErrorMemory(16, 16, 3, k=3))
+    unique = prequential(model, x, y, memory=ErrorMemory(16, 16, 3, k=3), source=torch.arange(48).view(6, 8))
+    torch.testing.assert_close(unique["probs"], plain["probs"])  # distinct ids: nothing excluded
+    assert unique["excluded"] == 0
+    same = prequential(model, x, y, memory=ErrorMemory(16, 16, 3, k=3), source=torch.zeros(6, 8, dtype=torch.int64))
+    torch.testing.assert_close(same["probs"], prequential(model, x, y)["probs"])  # one id: the memory is never used
+    with pytest.raises(ValueError, match="source"):
+        prequential(model, x, y, source=torch.zeros(6, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="source"):
+        prequential(model, x, y, memory=ErrorMemory(16, 16, 3), source=torch.zeros(5, 8, dtype=torch.int64))
+
+
+def test_stream_source_ids_agree_with_the_stream():
+    raw, labels = _raw_digits()
+    s = drifting_stream(12, 32, "rotation", max_drift=60.0, seed=2)
+    ids = _stream_source_ids(12, 32, seed=2)
+    assert ids.shape == (12, 32)
+    torch.testing.assert_close(torch.from_numpy(labels)[ids], s.y)
+    assert set(ids.flatten().tolist()) <= set(s.base.info["test_idx"].tolist())
+    # batch 0 is unrotated: its inputs are the standardised source images
+    x0 = (raw[ids[0].numpy()] - s.base.info["mean"]) / s.base.info["std"]
+    torch.testing.assert_close(s.x[0], torch.from_numpy(x0).float())
+    # within a batch (one rotation angle), equal ids give equal inputs; the stream does repeat images
+    repeats = 0
+    for t in range(12):
+        for i in range(32):
+            for j in range(i + 1, 32):
+                if ids[t, i] == ids[t, j]:
+                    repeats += 1
+                    torch.testing.assert_close(s.x[t, i], s.x[t, j])
+    assert ids.flatten().unique().numel() < ids.numel()  # 384 draws from 360 images repeat some
 
 
 # ---- CMT ------------------------------------------------------------------------------------------------

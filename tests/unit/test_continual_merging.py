@@ -107,7 +107,7 @@ def test_opcm_projection_is_orthogonal_to_the_principal_subspace(shape):
     g = torch.Generator().manual_seed(3)
     delta, tau = torch.randn(*shape, generator=g, dtype=torch.float64), torch.randn(*shape, generator=g,
                                                                                     dtype=torch.float64)
-    proj, r = opcm_project(delta, tau, alpha=0.5)
+    proj, r = opcm_project(delta, tau, alpha=0.5, projection="two_sided")
     U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
     assert r == split_rank(S, 0.5) and 1 <= r < min(shape)
     Ur, Vr = U[:, :r], Vh[:r].T
@@ -116,9 +116,31 @@ def test_opcm_projection_is_orthogonal_to_the_principal_subspace(shape):
     # the explicit formula τ − P_U τ − τ P_V + P_U τ P_V, and the projection is idempotent
     PU, PV = Ur @ Ur.T, Vr @ Vr.T
     torch.testing.assert_close(proj, tau - PU @ tau - tau @ PV + PU @ tau @ PV, atol=1e-12, rtol=0)
-    torch.testing.assert_close(opcm_project(delta, proj, 0.5)[0], proj, atol=1e-12, rtol=0)
+    torch.testing.assert_close(opcm_project(delta, proj, 0.5, "two_sided")[0], proj, atol=1e-12, rtol=0)
     # what it keeps is not nothing: the complement has rank > 0
     assert proj.norm() > 0
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])
+def test_opcm_masked_projection_matches_the_full_basis_mask(shape):
+    g = torch.Generator().manual_seed(4)
+    delta = torch.randn(*shape, generator=g, dtype=torch.float64)
+    tau = torch.randn(*shape, generator=g, dtype=torch.float64)
+    proj, r = opcm_project(delta, tau, alpha=0.5)  # the default is the paper's masked projection
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=True)
+    assert r == split_rank(S, 0.5)
+    P = U.T @ tau @ Vh.T  # tau in delta's full singular bases
+    k = min(shape)
+    P[torch.arange(k), torch.arange(k)] = 0
+    P[:r, :r] = 0
+    torch.testing.assert_close(proj, U @ P @ Vh, atol=1e-12, rtol=0)
+    assert abs(float((proj * delta).sum())) < 1e-10                       # Frobenius-orthogonal to delta
+    assert (U[:, :r].T @ proj @ Vh[:r].T).abs().max() < 1e-12            # nothing in the dominant block
+    torch.testing.assert_close(opcm_project(delta, proj, 0.5)[0], proj, atol=1e-12, rtol=0)  # idempotent
+    # the cross blocks survive (unlike the two-sided projection), so it keeps strictly more than two-sided here
+    assert (U[:, :r].T @ proj).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="projection must be one of"):
+        opcm_project(delta, tau, 0.5, projection="both")
 
 
 def test_opcm_norm_rule_and_orthogonal_updates():
@@ -137,12 +159,12 @@ def test_opcm_norm_rule_and_orthogonal_updates():
         if t == 1:
             _close(m.merged(), theta)  # the first model is taken as is
         else:
-            for n in m.matrices:  # the accumulated update grew by a vector orthogonal to the old principal subspace
+            for n in m.matrices:  # the accumulated update grew by a vector orthogonal to the old merged update
                 step = m.D[n] - before[n]
                 U, S, Vh = torch.linalg.svd(before[n], full_matrices=False)
                 r = m.last_ranks[n]
-                assert (U[:, :r].T @ step).abs().max() < 1e-10
-                assert (step @ Vh[:r].T).abs().max() < 1e-10
+                assert abs(float((step * before[n]).sum())) < 1e-10 * float(before[n].norm() * step.norm())
+                assert (U[:, :r].T @ step @ Vh[:r].T).abs().max() < 1e-10
         # biases: the plain running mean of their task vectors
         torch.testing.assert_close(mtv["b"], torch.stack([x["b"] - base["b"] for x in models[:t]]).mean(0),
                                    atol=1e-12, rtol=0)
