@@ -15,16 +15,17 @@ from .attend import attend
 from .delta_rule import delta_rule
 from .delta_step import delta_step
 from .evict_compact import evict_compact
+from .merge_update import merge_update
+from .opcm_project import opcm_project
+from .ppr import ppr, ppr_transition
 from .project_attend import project_attend
 from .quant_attend import quant_attend
+from .sim_topk import sim_topk
+from .ties_merge import ties_merge
 from .titans_update import titans_update
 from .tree_attend import tree_attend
 from .verify_sample import verify_sample
 
-__all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "project_attend",
-           "quant_attend", "titans_update", "tree_attend", "verify_sample"]
-from .merge_update import merge_update  # noqa: E402 (chapter 4: model merging)
-from .opcm_project import opcm_project  # noqa: E402
-from .ties_merge import ties_merge  # noqa: E402
-
-__all__ += ["merge_update", "opcm_project", "ties_merge"]
+__all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "merge_update",
+           "opcm_project", "ppr", "ppr_transition", "project_attend", "quant_attend", "sim_topk", "ties_merge",
+           "titans_update", "tree_attend", "verify_sample"]
