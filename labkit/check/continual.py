@@ -368,15 +368,17 @@ def ex_4_4(rehearsal_schedule: Callable) -> None:
                                     "generator with the same seed (inverse CDF, side='right').")
 
 
-# ------------------------------------------------------------------- 4.5 OPCM's split rank and projection
+# ------------------------------------------------------------------- 4.5 OPCM's split rank and masked projection
 
 
 def _low_rank(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
-    """A random (m, n) matrix with a decaying spectrum (so the split rank varies with α)."""
+    """A random (m, n) matrix of full rank k = min(m, n) with a decaying, well-separated spectrum (successive
+    singular values shrink by a factor 0.35–0.85, so the split rank varies with α and every singular pair
+    u_i, v_i is well defined: the masked projection depends on each of them, not only on the subspaces)."""
     k = min(m, n)
     U, _ = np.linalg.qr(rng.standard_normal((m, k)))
     V, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    s = np.sort(rng.uniform(0.05, 1.0, k) ** rng.uniform(1, 4))[::-1] * rng.uniform(0.5, 3)
+    s = rng.uniform(0.5, 3) * np.cumprod(np.r_[1.0, rng.uniform(0.35, 0.85, k - 1)])
     return (U * s) @ V.T
 
 
@@ -385,8 +387,45 @@ def _svd_parts(D: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     return U[:, :r], Vh[:r].T
 
 
-@exercise("4.5", "opcm_projection finds the split rank r and removes D's top-r singular directions from τ on both "
-                 "sides, equal to labkit's split_rank and opcm_project")
+def _projection_variants(D: np.ndarray, tau: np.ndarray, r: int) -> dict[str, np.ndarray]:
+    """The likely slips of 4.5, each as τ̃ (thin SVD of D = U S Vᵀ, P = Uᵀ τ V, k = min(m, n))."""
+    U, _, Vh = np.linalg.svd(D, full_matrices=False)
+    V, Ur, Vr = Vh.T, U[:, :r], Vh[:r].T
+    diag = np.einsum("ik,ij,jk->k", U, tau, V)          # P_ii = u_iᵀ τ v_i, (k,)
+    all_diag = (U * diag) @ Vh                           # Σ_i P_ii u_i v_iᵀ
+    block = Ur @ (Ur.T @ tau @ Vr) @ Vr.T                # U_r (U_rᵀ τ V_r) V_rᵀ
+    masked_raw = tau.copy()                              # the mask applied to τ's own entries, not to P
+    masked_raw[:r, :r] = 0.0
+    np.fill_diagonal(masked_raw, 0.0)
+    left = tau - Ur @ (Ur.T @ tau)
+    return {
+        "two_sided": left - (left @ Vr) @ Vr.T,
+        "left": left,
+        "right": tau - (tau @ Vr) @ Vr.T,
+        "diagonal_only": tau - all_diag,
+        "block_only": tau - block,
+        "raw": masked_raw,
+        "principal": block + ((U[:, r:] * diag[r:]) @ Vh[r:]),   # what the mask removes, kept instead
+    }
+
+
+_PROJECTION_HINTS = {
+    "two_sided": "this is the TWO-SIDED projection (I − U_r U_rᵀ) τ (I − V_r V_rᵀ). OPCM's own projection is the "
+                 "mask: zero P = Uᵀ τ V's diagonal P_ii (every i) and its top-left r × r block, τ̃ = U P Vᵀ. The "
+                 "two-sided one also removes the cross blocks U_rᵀ τ V_⊥ and U_⊥ᵀ τ V_r, most of a random τ.",
+    "left": "a one-sided projection (I − U_r U_rᵀ) τ: OPCM masks P = Uᵀ τ V (its diagonal and top-left r × r block).",
+    "right": "a one-sided projection τ (I − V_r V_rᵀ): OPCM masks P = Uᵀ τ V (its diagonal and top-left r × r block).",
+    "diagonal_only": "you zeroed P's diagonal but not its top-left r × r block: also remove U_r (U_rᵀ τ V_r) V_rᵀ.",
+    "block_only": "you zeroed P's top-left r × r block but not the rest of its diagonal: P_ii = u_iᵀ τ v_i must be "
+                  "0 for EVERY i < min(m, n), that is what makes ⟨τ̃, D⟩_F = Σ_i σ_i P_ii vanish.",
+    "raw": "the mask applies to P = Uᵀ τ V, τ in D's singular bases, not to τ's own entries: "
+           "τ̃ = U (mask ⊙ P) Vᵀ.",
+    "principal": "you kept the part the mask removes (P's diagonal and top-left block) instead of removing it.",
+}
+
+
+@exercise("4.5", "opcm_projection finds the split rank r and masks τ in D's singular bases (P = Uᵀ τ V: zero diagonal "
+                 "and top-left r × r block), equal to labkit's split_rank and opcm_project")
 def ex_4_5(opcm_projection: Callable) -> None:
     from labkit.continual.merging import opcm_project, split_rank
 
@@ -397,8 +436,7 @@ def ex_4_5(opcm_projection: Callable) -> None:
         expect(r == int(r), f"r of {what} should be a whole number, got {r}.")
         return _array(f"tau_tilde of {what}", tt), int(r)
 
-    def test(example):
-        m, n, alpha, seed = example
+    def one(m, n, alpha, seed):
         rng = _rng(seed)
         D, tau = _low_rank(rng, m, n), rng.standard_normal((m, n))
         what = f"opcm_projection(D ({m}, {n}), tau ({m}, {n}), alpha={alpha})"
@@ -418,26 +456,35 @@ def ex_4_5(opcm_projection: Callable) -> None:
             expect(False, f"r of {what} is {r}, expected {r_ref} (cumulative mass of s: {mass}): {hint}")
         expected = opcm_project(_t(D), _t(tau), alpha)[0].numpy()
         expect(tt.shape == (m, n), f"tau_tilde of {what} has shape {tt.shape}, expected {(m, n)}.")
-        Ur, Vr = _svd_parts(D, r_ref)
         if not _close(tt, expected):
-            left, right = tau - Ur @ (Ur.T @ tau), tau - (tau @ Vr) @ Vr.T
-            if _close(tt, left) or _close(tt, right):
-                hint = ("project on BOTH sides, τ̃ = (I − U_r U_rᵀ) τ (I − V_r V_rᵀ): a one-sided projection leaves "
-                        f"‖U_rᵀ τ̃‖ = {np.linalg.norm(Ur.T @ tt):.3g}, ‖τ̃ V_r‖ = {np.linalg.norm(tt @ Vr):.3g}.")
-            elif _close(tt, Ur @ (Ur.T @ tau @ Vr) @ Vr.T):
-                hint = "remove D's principal part, (I − U_r U_rᵀ) τ (I − V_r V_rᵀ), instead of keeping only it."
-            else:
-                hint = "τ̃ = (I − U_r U_rᵀ) τ (I − V_r V_rᵀ) with U_r, V_r the top-r singular vectors of D."
+            variants = _projection_variants(D, tau, r_ref)
+            hint = next((h for name, h in _PROJECTION_HINTS.items()
+                         if _close(tt, variants[name]) and not _close(variants[name], expected)),
+                        "τ̃ = U P̃ Vᵀ with P = Uᵀ τ V (D = U S Vᵀ) and P̃ = P with P_ii = 0 for every i and "
+                        "P_ij = 0 for i, j < r.")
             expect_close(f"tau_tilde of {what}", tt, expected, atol=1e-8, hint=hint)
-        expect(np.abs(Ur.T @ tt).max() < 1e-8 and np.abs(tt @ Vr).max() < 1e-8,
-               f"tau_tilde of {what} must satisfy U_rᵀ τ̃ = 0 and τ̃ V_r = 0.")
+        # the properties, on the student's own τ̃
+        U, _, Vh = np.linalg.svd(D, full_matrices=False)
+        Ur, Vr = U[:, :r_ref], Vh[:r_ref].T
+        P = U.T @ tt @ Vh.T
+        expect(abs(float((tt * D).sum())) < 1e-8 * max(1.0, np.linalg.norm(D) * np.linalg.norm(tau)),
+               f"tau_tilde of {what} must be Frobenius-orthogonal to D: ⟨τ̃, D⟩ = Σ_i σ_i P_ii = 0.")
+        expect(np.abs(np.diag(P)).max() < 1e-8 and np.abs(Ur.T @ tt @ Vr).max() < 1e-8,
+               f"tau_tilde of {what} must have u_iᵀ τ̃ v_i = 0 for every i and U_rᵀ τ̃ V_r = 0.")
+        Pr, Qr = np.eye(m) - Ur @ Ur.T, np.eye(n) - Vr @ Vr.T
+        expect(_close(Ur.T @ tt @ Qr, Ur.T @ tau @ Qr) and _close(Pr @ tt @ Vr, Pr @ tau @ Vr),
+               f"tau_tilde of {what} must keep the cross blocks U_rᵀ τ (I − V_r V_rᵀ) and (I − U_r U_rᵀ) τ V_r.")
         again, _ = run(D, tt, alpha, f"opcm_projection(D, tau_tilde, alpha={alpha})")
-        expect(_close(again, tt), "projecting τ̃ again must give τ̃ back (the projection is idempotent).")
+        expect(_close(again, tt), "projecting τ̃ again must give τ̃ back (the mask is idempotent).")
 
-    for_all(st.tuples(st.integers(1, 8), st.integers(1, 8), st.sampled_from([0.2, 0.5, 0.7, 0.9]), _SEEDS), test,
-            max_examples=25)
+    # wide, tall, square, vectors and a larger matrix, then random shapes
+    for m, n, alpha, seed in ((3, 7, 0.5, 0), (7, 3, 0.5, 1), (5, 5, 0.7, 2), (1, 6, 0.5, 3), (6, 1, 0.5, 4),
+                              (1, 1, 0.5, 5), (12, 20, 0.5, 6), (20, 12, 0.9, 7), (8, 8, 0.99, 8)):
+        one(m, n, alpha, seed)
+    for_all(st.tuples(st.integers(1, 8), st.integers(1, 8), st.sampled_from([0.2, 0.5, 0.7, 0.9]), _SEEDS),
+            lambda example: one(*example), max_examples=25)
 
-    # an all-zero D (the first model of the stream) has no principal subspace: r = 0, τ̃ = τ
+    # an all-zero D (the first model of the stream) has no principal subspace and no singular bases: r = 0, τ̃ = τ
     tau = _rng(3).standard_normal((3, 4))
     tt, r = run(np.zeros((3, 4)), tau, 0.5, "opcm_projection(D = 0 (3, 4), tau, alpha=0.5)")
     expect(r == 0 and _close(tt, tau), f"with D = 0 expect r = 0 and τ̃ = τ (nothing to protect), got r = {r}"
@@ -450,7 +497,7 @@ def ex_4_5(opcm_projection: Callable) -> None:
 @exercise("4.6", "opcm_step projects, accumulates D and rescales it so that ‖D/λ‖ is the running mean norm, equal to "
                  "labkit's OPCM merger over a stream")
 def ex_4_6(opcm_step: Callable) -> None:
-    from labkit.continual.merging import OPCM
+    from labkit.continual.merging import OPCM, opcm_project
 
     def test(example):
         T, m, n, alpha, seed = example
@@ -474,8 +521,13 @@ def ex_4_6(opcm_step: Callable) -> None:
                     hint = "m_t is the mean of ALL norms so far, (1/t) Σ_{i≤t} ‖τ_i‖, not the latest ‖τ_t‖."
                 expect(False, f"mean_new of {what} is {mean_new:.6g}, expected {mean_ref:.6g}: {hint}")
             if not _close(D_arr, D_ref):
+                two_sided = (opcm_project(_t(D_prev), _t(tau), alpha, "two_sided")[0].numpy()
+                             if t > 1 and np.abs(D_prev).max() > 0 else None)
                 if t > 1 and _close(D_arr, D_prev + tau):
                     hint = "project τ out of D's principal subspace before adding it (exercise 4.5): D_t = D + τ̃."
+                elif two_sided is not None and _close(D_arr, D_prev + two_sided):
+                    hint = ("you added the TWO-SIDED projection (I − U_r U_rᵀ) τ (I − V_r V_rᵀ); OPCM adds the masked "
+                            "one of exercise 4.5 (zero diagonal and top-left r × r block of Uᵀ τ V): pass 4.5 first.")
                 else:
                     hint = "D_t = D_{t−1} + τ̃ with τ̃ the OPCM projection of τ_t against D_{t−1} (D_1 = τ_1)."
                 expect_close(f"D_new of {what}", D_arr, D_ref, atol=1e-8, hint=hint)

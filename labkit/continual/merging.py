@@ -13,12 +13,14 @@ The continual mergers (``ContinualAverage``, ``ContinualTaskArithmetic``, ``OPCM
 time and keep only the base and a running state (constant memory in T): ``update(model)``, then ``merged()``.
 
 **OPCM** (Tang et al., 2025, "Merging Models on the Fly Without Retraining"). For every 2-D weight keep the
-accumulated merged update D_t. A new τ_t is projected out of D_{t−1}'s principal subspace: with
-D = U S Vᵀ and r the smallest rank whose singular mass Σ_{i<r} s_i / Σ_i s_i reaches α,
+accumulated merged update D_t. A new τ_t is written in D_{t−1}'s singular bases, D = U S Vᵀ, as P = Uᵀ τ V; with
+r the smallest rank whose singular mass Σ_{i<r} s_i / Σ_i s_i reaches α, OPCM zeroes P's diagonal and its
+top-left r × r block (the masked projection, as the authors implement it):
 
-    τ̃ = (I − U_r U_rᵀ) τ (I − V_r V_rᵀ),      D_t = D_{t−1} + τ̃,
+    τ̃ = U P̃ Vᵀ,   P̃_ii = 0 ∀i,  P̃[:r, :r] = 0,      D_t = D_{t−1} + τ̃,
 
-so U_rᵀ τ̃ = 0 and τ̃ V_r = 0: the update leaves the merged directions untouched. The merged task vector is
+so ⟨τ̃, D_{t−1}⟩_F = Σ_i s_i P̃_ii = 0 and U_rᵀ τ̃ V_r = 0 (``opcm_project``; its ``projection="two_sided"`` is the
+stricter (I − U_r U_rᵀ) τ (I − V_r V_rᵀ), an ablation). The merged task vector is
 D_t / λ_t with λ_t chosen so that its norm is the running mean of the task vectors' norms,
 ‖D_t / λ_t‖ = (1/t) Σ_{i≤t} ‖τ_i‖ (norms over all 2-D weights together; λ_1 = 1, D_1 = τ_1). Parameters that
 are not 2-D (biases) get the plain running average of their task vectors, as in the paper.
@@ -199,6 +201,8 @@ def opcm_project(delta: torch.Tensor, tau: torch.Tensor, alpha: float = 0.5, pro
         raise ValueError(f"delta and tau must be 2-D of one shape, got {tuple(delta.shape)} and {tuple(tau.shape)}")
     U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
     r = split_rank(S, alpha)
+    if r == 0:  # an all-zero merged update has no directions to protect
+        return tau.clone(), 0
     t = tau.double()
     Ur, Vr = U[:, :r], Vh[:r].T
     if projection == "two_sided":

@@ -4,10 +4,49 @@
 region: the body of the exercise's function (for 4.9 and 4.10 the body of an ``@njit`` function, so the
 wrong answer must compile). tests/labs/test_labs.py runs all of WRONG in one notebook; 4.6 calls the student's
 ``opcm_projection`` of 4.5, so it is listed in DEPENDENT (it has its own wrong answer too).
-tests/unit/test_check_continual.py runs the same bodies against the checks directly.
+tests/unit/test_check_continual.py runs the same bodies against the checks directly, and the further wrong
+answers of 4.5 in MORE_WRONG_4_5 (the two-sided projection in WRONG, one-sided, half masks, a mask on τ's own
+entries): OPCM's masked projection must be told apart from each of them.
 """
 
 DEPENDENT = {"4.6"}  # builds on 4.5's opcm_projection
+
+_SPLIT = """
+U, s, Vh = torch.linalg.svd(D, full_matrices=True)
+if s.sum() <= 0:
+    return tau.clone(), 0
+mass = torch.cumsum(s, 0) / s.sum()
+r = min(int((mass < alpha).sum()) + 1, len(s))
+"""
+
+# Further wrong answers of 4.5, each a body of opcm_projection that its check must reject with the named hint
+# (tests/unit/test_check_continual.py runs them; the notebook run uses WRONG only): {name: (body, hint regex)}.
+MORE_WRONG_4_5 = {
+    # one-sided: the left projection only.
+    "left": (_SPLIT + """
+Ur = U[:, :r]
+return tau - Ur @ (Ur.T @ tau), r
+""", "one-sided"),
+    # zeroes every P_ii but forgets the top-left r × r block.
+    "diagonal_only": (_SPLIT + """
+P = U.T @ tau @ Vh.T
+P.diagonal().zero_()
+return U @ P @ Vh, r
+""", "top-left r × r block"),
+    # zeroes the top-left r × r block but not the diagonal below it: not Frobenius-orthogonal to D.
+    "block_only": (_SPLIT + """
+P = U.T @ tau @ Vh.T
+P[:r, :r] = 0.0
+return U @ P @ Vh, r
+""", "EVERY i"),
+    # masks τ's own entries instead of τ in D's singular bases.
+    "raw": (_SPLIT + """
+t = tau.clone()
+t[:r, :r] = 0.0
+t.diagonal().zero_()
+return t, r
+""", "singular bases"),
+}
 
 WRONG = {
     # averages the task vectors instead of summing them (right only for one model).
@@ -50,15 +89,18 @@ cdf = np.cumsum(p)
 picks = np.searchsorted(cdf / cdf[-1], u, side="right")
 return p, picks
 """,
-    # projects on the left only: τ̃ still overlaps D's right singular vectors.
+    # the TWO-SIDED projection (I − U_r U_rᵀ) τ (I − V_r V_rᵀ), not OPCM's mask: it removes the cross blocks and
+    # keeps the diagonal P_ii below r, so τ̃ is not Frobenius-orthogonal to D. The check must tell them apart.
     "4.5": """
 U, s, Vh = torch.linalg.svd(D, full_matrices=False)
 if s.sum() <= 0:
     return tau.clone(), 0
 mass = torch.cumsum(s, 0) / s.sum()
 r = min(int((mass < alpha).sum()) + 1, len(s))
-Ur = U[:, :r]
-return tau - Ur @ (Ur.T @ tau), r
+Ur, Vr = U[:, :r], Vh[:r].T
+t = tau - Ur @ (Ur.T @ tau)
+t = t - (t @ Vr) @ Vr.T
+return t, r
 """,
     # rescales to the latest task vector's norm instead of the running mean.
     "4.6": """

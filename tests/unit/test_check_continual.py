@@ -20,6 +20,7 @@ _spec = importlib.util.spec_from_file_location(
 _wrong = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_wrong)
 WRONG = _wrong.WRONG
+MORE_WRONG_4_5 = _wrong.MORE_WRONG_4_5
 
 torch.set_num_threads(1)  # two cores shared with other jobs
 
@@ -69,15 +70,29 @@ def rehearsal_schedule(ages, exponent, u):
 
 
 def opcm_projection(D, tau, alpha):
+    U, s, Vh = torch.linalg.svd(D, full_matrices=True)
+    if s.sum() <= 0:
+        return tau.clone(), 0
+    mass = torch.cumsum(s, 0) / s.sum()
+    r = min(int((mass < alpha).sum()) + 1, len(s))
+    P = U.T @ tau @ Vh.T
+    P[:r, :r] = 0.0
+    P.diagonal().zero_()
+    return U @ P @ Vh, r
+
+
+def opcm_projection_thin(D, tau, alpha):
+    """The same masked projection with the thin SVD (the part of τ outside the k × k corner has no diagonal)."""
     U, s, Vh = torch.linalg.svd(D, full_matrices=False)
     if s.sum() <= 0:
         return tau.clone(), 0
     mass = torch.cumsum(s, 0) / s.sum()
     r = min(int((mass < alpha).sum()) + 1, len(s))
-    Ur, Vr = U[:, :r], Vh[:r].T
-    t = tau - Ur @ (Ur.T @ tau)
-    t = t - (t @ Vr) @ Vr.T
-    return t, r
+    P = U.T @ tau @ Vh.T
+    mask = torch.ones_like(P)
+    mask[:r, :r] = 0.0
+    mask.diagonal().zero_()
+    return tau - U @ ((1 - mask) * P) @ Vh, r
 
 
 def opcm_step(D, tau, mean_norm, t, alpha):
@@ -203,7 +218,7 @@ def test_hints_of_the_wrong_answers():
     expect_hint(checks.ex_4_2, from_body("4.2"), "BEFORE the end")
     expect_hint(checks.ex_4_3, from_body("4.3"), r"probability p_θ\(c\|x\)")
     expect_hint(checks.ex_4_4, from_body("4.4"), "rehearsed MORE")
-    expect_hint(checks.ex_4_5, from_body("4.5"), "BOTH sides")
+    expect_hint(checks.ex_4_5, from_body("4.5"), "TWO-SIDED")
     expect_hint(checks.ex_4_6, from_body("4.6"), "RUNNING MEAN norm")
     expect_hint(checks.ex_4_7, from_body("4.7"), "disjoint mean")
     expect_hint(checks.ex_4_8, from_body("4.8"), "SQUARED singular values")
@@ -282,7 +297,7 @@ def test_more_wrong_answers():
         t, r = opcm_projection(D, tau, alpha)
         return tau - t, r
 
-    expect_hint(checks.ex_4_5, keep_principal, "Exercise 4.5")
+    expect_hint(checks.ex_4_5, keep_principal, "kept the part the mask removes")
 
     def no_projection(D, tau, mean_norm, t, alpha):
         D_new = D + tau
@@ -382,3 +397,62 @@ def test_the_ties_reference_is_labkits_ties():
 def test_kernel_checks_reject_plain_python(label):
     with pytest.raises(AssertionError, match="@njit"):
         CHECKS[label](CORRECT[label].py_func)
+
+
+# -------------------------------------------------------------- 4.5: the masked projection, not the two-sided one
+
+
+def test_the_thin_svd_mask_passes_too():
+    assert checks.ex_4_5(opcm_projection_thin) is None
+
+
+@pytest.mark.parametrize("name", list(MORE_WRONG_4_5))
+def test_more_wrong_projections_fail_with_their_hint(name):
+    body, hint = MORE_WRONG_4_5[name]
+    expect_hint(checks.ex_4_5, from_body("4.5", body), hint)
+
+
+def test_two_sided_projection_fails_4_5_and_4_6():
+    from labkit.continual.merging import opcm_project
+
+    def two_sided(D, tau, alpha):
+        return opcm_project(D, tau, alpha, projection="two_sided")
+
+    expect_hint(checks.ex_4_5, two_sided, "TWO-SIDED")
+
+    def step_two_sided(D, tau, mean_norm, t, alpha):
+        tt = tau if t == 1 else two_sided(D, tau, alpha)[0]
+        D_new = D + tt
+        mean_new = mean_norm + (float(tau.norm()) - mean_norm) / t
+        return D_new, float(D_new.norm()) / mean_new, mean_new
+
+    expect_hint(checks.ex_4_6, step_two_sided, "TWO-SIDED")
+
+
+def test_zero_D_gives_tau_and_no_nan():
+    def nan_at_zero(D, tau, alpha):
+        if float(D.abs().max()) == 0:
+            return tau * float("nan"), 0
+        return opcm_projection(D, tau, alpha)
+
+    expect_hint(checks.ex_4_5, nan_at_zero, "NaN")
+
+
+@pytest.mark.parametrize("m, n", [(3, 7), (7, 3), (5, 5), (1, 4), (4, 1)])
+def test_projection_variants_are_what_they_say(m, n):
+    """The slips the 4.5 hints compare with: two_sided is labkit's two-sided projection, the reference (masked)
+    is orthogonal to D while two-sided is not, and each variant differs from the masked reference."""
+    from labkit.continual.merging import opcm_project, split_rank
+
+    rng = np.random.default_rng(m * 10 + n)
+    D, tau = checks._low_rank(rng, m, n), rng.standard_normal((m, n))
+    r = split_rank(torch.linalg.svdvals(torch.from_numpy(D)), 0.5)
+    variants = checks._projection_variants(D, tau, r)
+    masked = opcm_project(torch.from_numpy(D), torch.from_numpy(tau), 0.5)[0].numpy()
+    two = opcm_project(torch.from_numpy(D), torch.from_numpy(tau), 0.5, projection="two_sided")[0].numpy()
+    assert np.allclose(variants["two_sided"], two)
+    assert abs((masked * D).sum()) < 1e-10
+    assert not np.allclose(masked, two)
+    assert np.allclose(opcm_projection(torch.from_numpy(D), torch.from_numpy(tau), 0.5)[0].numpy(), masked)
+    if min(m, n) > 1:  # with a single singular pair the diagonal is the block: masked and two-sided energy differ
+        assert abs((two * D).sum()) > 1e-6
