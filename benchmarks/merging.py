@@ -10,8 +10,10 @@ Cases (flat float32 parameters):
   bytes = 3 reads + 2 writes of P floats. Reference: the torch ops of ``merge_update.reference`` (one per step).
 - ``ties_merge``: T task vectors (T, P), density 0.2. Timed end to end (thresholds included; reference: torch
   ``kthvalue`` + torch ops) and merge only (thresholds given). Also chapter 4's ``_ties_vector`` (``topk``).
-- ``opcm_project``: 10 layers (1000, 1000), D = a random task vector (so r ≈ a quarter of 1000 at α = 0.5):
-  the per-layer reference against the batched paths; also one batched SVD alone (the floor of every backend).
+- ``opcm_project``: 10 layers (1000, 1000), D = a random task vector (so r ≈ a quarter of 1000 at α = 0.5),
+  the paper's "masked" projection (``--opcm-projection``): the per-layer reference against the batched paths; also
+  one batched SVD alone (the floor of every backend) and the final correction τ − L Rt alone (factors given: what
+  the Numba / Triton kernels replace; inner dimension K = 1000 for "masked", 2r for "two_sided").
 
 Every timing is the median of >= 5 repeats after a warm-up, the backends taking turns (ratios within one run).
 Threads: torch and numba both get ``--threads`` (default 1): the machine is a shared 2-core VM. The 1-minute load
@@ -142,27 +144,44 @@ def bench_ties(T: int, P: int, density: float, repeats: int, copy_gbps: float, f
     return out
 
 
-def bench_opcm(n_layers: int, m: int, n: int, alpha: float, repeats: int, fast: list[str]) -> list[dict]:
+def bench_opcm(n_layers: int, m: int, n: int, alpha: float, repeats: int, fast: list[str],
+               projection: str = "masked") -> list[dict]:
     g = torch.Generator().manual_seed(2)
     deltas = [torch.randn(m, n, generator=g).to(DEVICE) for _ in range(n_layers)]
     taus = [torch.randn(m, n, generator=g).to(DEVICE) for _ in range(n_layers)]
-    runs = {"reference (per layer)": lambda: op.reference(deltas, taus, alpha),
-            "torch batched": lambda: op.opcm_project(deltas, taus, alpha, backend="torch")}
+    runs = {"reference (per layer)": lambda: op.reference(deltas, taus, alpha, projection),
+            "torch batched": lambda: op.opcm_project(deltas, taus, alpha, backend="torch", projection=projection)}
     for b in fast:
-        runs[b] = lambda b=b: op.opcm_project(deltas, taus, alpha, backend=b)
+        runs[b] = lambda b=b: op.opcm_project(deltas, taus, alpha, backend=b, projection=projection)
     D = torch.stack(deltas).double()  # noqa: N806
     runs["batched SVD alone"] = lambda: torch.linalg.svd(D, full_matrices=False)
+    # the part the kernels own: the final correction τ − L Rt, factors given (float64, one shape group)
+    t64 = torch.stack(taus).double()
+    L, Rt, _ = op._factors(torch.stack(deltas), t64, alpha, projection)
+    runs["correction only: torch baddbmm"] = lambda: torch.baddbmm(t64, L, Rt, alpha=-1.0)
+    if "numba" in fast:
+        runs["correction only: numba"] = lambda: op._numba_apply(t64, L, Rt)
+    if "triton" in fast:
+        runs["correction only: triton"] = lambda: op._triton_apply(t64, L, Rt)
     timings = measure(runs, repeats)
-    ref_p, ref_r = op.reference(deltas, taus, alpha)
+    ref_p, ref_r = op.reference(deltas, taus, alpha, projection)
     extra = {}
     for b in ["torch"] + fast:
-        p, r = op.opcm_project(deltas, taus, alpha, backend=b)
+        p, r = op.opcm_project(deltas, taus, alpha, backend=b, projection=projection)
         extra["torch batched" if b == "torch" else b] = {
             "max_abs_err": max(float((x - y).abs().max()) for x, y in zip(p, ref_p, strict=True)),
             "ranks_equal": r == ref_r}
     extra["reference (per layer)"] = {"mean_rank": sum(ref_r) / len(ref_r)}
-    return _records("opcm_project", f"{n_layers} x ({m}, {n}), alpha={alpha}", timings, "reference (per layer)",
-                    None, 0.0, **extra)
+    extra.update({k: {"inner_dim_K": int(L.shape[2])} for k in runs if k.startswith("correction only")})
+    out = _records("opcm_project", f"{n_layers} x ({m}, {n}), alpha={alpha}, {projection}", timings,
+                   "reference (per layer)", None, 0.0, **extra)
+    base = timings["correction only: torch baddbmm"]
+    for r in out:
+        r["projection"] = projection
+        if r["backend"].startswith("correction only"):  # a part of the op: compare it with baddbmm, not the whole
+            r["speedup_vs_torch_baddbmm"] = round(base / r["ms"], 2)
+            del r["speedup_vs_reference"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
     parser.add_argument("--ops", default="merge_update,ties_merge,opcm_project")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, then triton) | cpu | cuda")
+    parser.add_argument("--opcm-projection", default="masked", choices=op.PROJECTIONS,
+                        help="opcm_project's projection (default: the paper's masked one)")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error(f"--repeats must be >= 5, got {args.repeats}")
@@ -200,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "ties_merge" in ops:
         records += bench_ties(T, P, 0.2, args.repeats, copy_gbps, fast, chapter_repeats=5)
     if "opcm_project" in ops:
-        records += bench_opcm(layers, m, n, 0.5, 5, fast)
+        records += bench_opcm(layers, m, n, 0.5, 5, fast, args.opcm_projection)
     result = {
         "host": socket.gethostname(), "date": dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
         "machine": machine(DEVICE), "threads": args.threads,
