@@ -1,6 +1,11 @@
 """Seeded data generators shared by the chapters. Nothing here touches the network.
 
 Every generator takes ``seed`` (an int or a ``numpy.random.Generator``) so a notebook reruns exactly.
+
+Submodules: ``corpus`` (text corpora), ``recall`` (associative-recall tasks), ``worlds`` (chapter 5's generated
+worlds: entities with aliases and hubs, facts that change over time, templated passages with gold triples,
+1/2/3-hop questions, distractors, and multi-session conversations with typed QA — ``from labkit.data.worlds import
+make_world, make_conversations``).
 """
 
 from __future__ import annotations
