@@ -188,9 +188,12 @@ def _quant_row(q, kc, ks, kz, vc, vs, vz, Kr, Vr, n, bits, gk, gv, scale, out): 
     per = 8 // bits
     base = np.float32(1 << bits)
     gvp = gv // per  # bytes per value group
-    f = np.empty(per + 1, np.float32)  # f[i] = 2^-(i·bits)
-    for i in range(per + 1):
-        f[i] = np.float32(1.0) / np.float32(1 << (i * bits))
+    f = np.empty(per + 1, np.float32)  # f[i] = 2^-(i·bits), built by halving: exact even under fastmath, where a
+    f[0] = np.float32(1.0)  # division 1/2^k may become an approximate reciprocal (wrong floors on newer LLVM)
+    for i in range(1, per + 1):
+        f[i] = f[i - 1]
+        for _ in range(bits):
+            f[i] *= np.float32(0.5)
     qs = np.zeros((per, Dp), np.float32)  # scale · q ∘ s_g in slot order (padding slots stay 0)
     acc = np.zeros((per, Dp), np.float32)  # Σ p · code · s (values), slot order
     zacc = np.zeros(NG, np.float32)  # Σ p · z per value group
