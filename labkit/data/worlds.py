@@ -366,9 +366,10 @@ class World:
                 t = _day(int(g.integers(2012, 2024)), int(g.integers(1, 13)))
                 key = rel
                 s_surface = name
-                text = _pick(g, _TEMPLATES[key]).format(s=s_surface, o=self._surface(obj, g), d=format_date(t))
+                o_surface = self._surface(obj, g)
+                text = _pick(g, _TEMPLATES[key]).format(s=s_surface, o=o_surface, d=format_date(t))
                 out.append(Passage(f"d{len(out):05d}", text, (sid, obj.id), ((sid, rel, obj.id),), t,
-                                   ((sid, s_surface), (obj.id, obj.name))))
+                                   ((sid, s_surface), (obj.id, o_surface))))
             else:  # an organisation sharing a stem
                 ref = _pick(g, orgs)
                 stem = ref.attrs["stem"]
@@ -377,9 +378,10 @@ class World:
                 sid = f"x:org:{k}"
                 city = _pick(g, hubs_c if g.random() < 0.7 else cities)
                 t = _day(int(g.integers(1990, 2020)))
-                text = _pick(g, _TEMPLATES["located_in:org"]).format(s=name, o=self._surface(city, g))
+                c_surface = self._surface(city, g)
+                text = _pick(g, _TEMPLATES["located_in:org"]).format(s=name, o=c_surface)
                 out.append(Passage(f"d{len(out):05d}", text, (sid, city.id), ((sid, "located_in", city.id),), t,
-                                   ((sid, name), (city.id, city.name))))
+                                   ((sid, name), (city.id, c_surface))))
             k += 1
         return out
 
@@ -935,7 +937,8 @@ def _conv_questions(conv: Conversation, world: World, g: np.random.Generator, n:
             if len(vals) > 1:
                 by["knowledge-update"].append((q, (vals[-1][3],), (vals[0][4], vals[-1][4])))
                 verb = "live in" if rel == "lives_in" else "work at"
-                for old in {x[3] for x in vals[:-1]} - {vals[-1][3]}:  # "still ...?" about every superseded value
+                # a "still ...?" question about every superseded value, in a fixed order
+                for old in sorted({x[3] for x in vals[:-1]} - {vals[-1][3]}):
                     first_old = next(x for x in vals if x[3] == old)
                     by["knowledge-update"].append((f"Does {sp} still {verb} {old}?", (f"no, {vals[-1][3]}",
                                                    vals[-1][3], "no"), (first_old[4], vals[-1][4])))

@@ -132,6 +132,21 @@ def test_distractors_are_hard_but_harmless(world):
     hub_ids = {h.id for h in world.hubs}
     assert sum(any(e in hub_ids for e in p.entities) for p in d) > 60
     assert [p.text for p in d] == [p.text for p in world.distractor_passages(200, seed=4)]
+    for p in d:  # mentions record the surface form as written (an alias when one was used)
+        assert all(m in p.text for _, m in p.mentions), p
+
+
+def test_conversations_identical_across_processes():
+    """Set iteration order depends on PYTHONHASHSEED: two interpreters must still write the same QA."""
+    import subprocess
+    import sys
+
+    code = ("from labkit.data.worlds import make_world, make_conversations;"
+            "c = make_conversations(make_world(5, n_people=40), 8, 8, seed=3, n_questions=40);"
+            "print(repr(c.qa))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    assert len(outs) == 1
 
 
 def test_conversation_qa(world):
