@@ -5,6 +5,13 @@ Modules:
 - ``labkit.episodic.store``: :class:`~labkit.episodic.store.MemoryStore`, the memory on a real database (one SQLite
   file: notes, versions, links, entities, triples, graph edges, cached embeddings; WAL, FTS5, migrations).
 - ``labkit.episodic.embed``: sentence embedders behind one interface (MiniLM, and a non-semantic hashing stand-in).
+- ``labkit.episodic.amem``: A-MEM, notes with keywords, tags and context, linked by explicit ids (similarity and
+  shared entities) and evolved as new notes arrive; retrieval that follows the links.
+- ``labkit.episodic.hipporag``: HippoRAG, a phrase graph from rule-based OpenIE with synonym edges, searched by
+  Personalized PageRank with node specificity; dense and keyword (FTS5) baselines; recall@k vs distractors.
+- ``labkit.episodic.memos``: MemOS, MemCubes (provenance, versions, lifecycle) of three types (plaintext,
+  activation = a TinyLM KV cache, parametric = an adapter) and policies for facts that conflict.
+- ``labkit.episodic.granularity``: turn / session / summary memory units and routers that pick one per question.
 - ``labkit.episodic.sort``: Sequence Order Recall Tasks on a long text: in context, from a retrieved memory, by chance.
 - ``labkit.episodic.embodied``: a grid-world agent with a FIFO or a place-centric episodic memory of equal capacity,
   and one-shot naming (a fast binding memory vs a slow learner).

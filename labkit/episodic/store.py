@@ -448,6 +448,11 @@ class MemoryStore:
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._retry(fn, write=False)
 
+    def transaction(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run ``fn(connection)`` in one transaction with the store's busy-retry (for extensions that keep their
+        own tables in the same file, as :mod:`labkit.episodic.memos` does). Bind parameters; never format SQL."""
+        return self._retry(fn, write=write)
+
     @property
     def schema_version(self) -> int:
         """``PRAGMA user_version`` of the file (== ``SCHEMA_VERSION`` once opened)."""
