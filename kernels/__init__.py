@@ -15,17 +15,20 @@ from .attend import attend
 from .delta_rule import delta_rule
 from .delta_step import delta_step
 from .evict_compact import evict_compact
+from .lif_step import lif_step, stdp_step
 from .merge_update import merge_update
 from .opcm_project import opcm_project
 from .ppr import ppr, ppr_transition
 from .project_attend import project_attend
 from .quant_attend import quant_attend
+from .sdr_match import sdr_match
 from .sim_topk import sim_topk
+from .spike_propagate import spike_propagate
 from .ties_merge import ties_merge
 from .titans_update import titans_update
 from .tree_attend import tree_attend
 from .verify_sample import verify_sample
 
-__all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "merge_update",
-           "opcm_project", "ppr", "ppr_transition", "project_attend", "quant_attend", "sim_topk", "ties_merge",
-           "titans_update", "tree_attend", "verify_sample"]
+__all__ = ["BACKENDS", "attend", "available_backends", "delta_rule", "delta_step", "evict_compact", "lif_step",
+           "merge_update", "opcm_project", "ppr", "ppr_transition", "project_attend", "quant_attend", "sdr_match",
+           "sim_topk", "spike_propagate", "stdp_step", "ties_merge", "titans_update", "tree_attend", "verify_sample"]

@@ -1,0 +1,66 @@
+"""Chapter 6, classical associative memories: the baselines the spiking memory is compared with.
+
+- ``hopfield``: the classical Hopfield network (Hebbian weights, synchronous and asynchronous recall, energy,
+  capacity vs load against the 0.138 N line of Amit, Gutfreund & Sompolinsky and the signal-to-noise bit error
+  ``Φ(−sqrt(N/P))``) and the modern one (``ξ ← X softmax(β Xᵀ ξ)``, one attention step; its energy and
+  exponential capacity). Builds on the prologue's memories (``labkit.prologue``), which it imports.
+- ``sdr``: sparse distributed representations (Ahmad & Hawkins): overlap, the exact false-match probability in
+  log space, subsampling, the union property (the paper's approximation and the exact average), and
+  simulations with binomial error bars on the bit-packed kernel ``labkit.kernels.sdr_match``.
+- ``sparsey``: a simplified Sparsey coding field (Rinkus): Q winner-take-all modules of K cells, familiarity-gated
+  noise in code selection (similar inputs → similar codes, novel inputs → random codes), single-trial Hebbian
+  learning, best-match retrieval.
+- ``mbat``: MBAT vector symbolic architecture (Gallant & Okaywe): binding by random Gaussian vs orthogonal
+  matrices, bundling by sums, stability with binding depth, JSON records as vectors, searched by linear algebra.
+
+The submodules are imported on first use (``labkit.assoc.SparseyField`` imports ``labkit.assoc.sparsey``), so
+importing ``labkit.assoc`` costs nothing until a name is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = ("hopfield", "mbat", "sdr", "sparsey")
+_NAMES = {
+    "async_recall": "hopfield",
+    "capacity_experiment": "hopfield",
+    "energy": "hopfield",
+    "modern_capacity_experiment": "hopfield",
+    "modern_energy": "hopfield",
+    "modern_retrieve": "hopfield",
+    "snr_bit_error": "hopfield",
+    "sync_recall": "hopfield",
+    "MBATEncoder": "mbat",
+    "bind": "mbat",
+    "binding_matrix": "mbat",
+    "bundle": "mbat",
+    "depth_stability": "mbat",
+    "record_search_experiment": "mbat",
+    "unbind": "mbat",
+    "false_match_experiment": "sdr",
+    "false_match_probability": "sdr",
+    "overlap": "sdr",
+    "random_sdrs": "sdr",
+    "union_experiment": "sdr",
+    "union_false_match_exact": "sdr",
+    "union_false_match_probability": "sdr",
+    "SparseyField": "sparsey",
+    "code_overlap": "sparsey",
+    "recall_experiment": "sparsey",
+    "similarity_experiment": "sparsey",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"labkit.assoc.{_NAMES[name]}"), name)
+    if name in _MODULES:
+        return importlib.import_module(f"labkit.assoc.{name}")
+    raise AttributeError(f"module 'labkit.assoc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_MODULES])
