@@ -391,15 +391,29 @@ class World:
         return e.name
 
     # -- questions ----------------------------------------------------------------------------------------
-    def questions(self, kind: str, n: int, seed: SeedLike = 0) -> list[Question]:
+    def questions(self, kind: str, n: int, seed: SeedLike = 0, max_start_passages: int | None = None,
+                  context: bool = False) -> list[Question]:
         """Up to ``n`` distinct questions of ``kind`` in {"1hop", "2hop", "3hop"} (fewer if the world has fewer).
 
         Paths follow functional relations (the current value of changing ones), so each answer is unique.
         For 2 and 3 hops no passage mentions both the question entity and the answer.
+
+        max_start_passages: keep only questions whose start entity is mentioned in at most this many passages
+            (a *specific* entity, as the entities 2WikiMultiHopQA and MuSiQue ask about); None keeps all.
+        context: name a second entity in the question, a current fact about the start entity that is off the path
+            (a person's home city or employer, an organisation's city, an event's organiser or city), e.g.
+            "In which city is the employer of Bob Moreno, who lives in Kesris, based?". It is often a hub, so a
+            retriever must not follow it (HippoRAG's node specificity). Questions with no such fact, or whose context
+            entity is the bridge or the answer, are dropped.
+        The defaults give exactly the questions of earlier versions (same texts, same order).
         """
         if kind not in _QUESTION_PATHS:
             raise ValueError(f"kind must be one of {sorted(_QUESTION_PATHS)}, got {kind!r}")
         _check_int("n", n, 0)
+        if max_start_passages is not None:
+            _check_int("max_start_passages", max_start_passages, 1)
+        if not isinstance(context, bool):
+            raise ValueError(f"context must be a bool, got {context!r}")
         g = rng(seed)
         mentions: dict[str, set[str]] = defaultdict(set)  # entity -> passages mentioning it
         for p in self._passages:
@@ -427,18 +441,50 @@ class World:
                         continue  # a cycle (e.g. founder of the company where p works is p)
                     if kind != "1hop" and mentions[e.id] & mentions[ans]:
                         continue
-                    cands.append((ti, e.id, tuple(path), tuple(support), ans))
+                    if max_start_passages is not None and len(mentions[e.id]) > max_start_passages:
+                        continue
+                    ctx = None
+                    if context:
+                        ctx = self._context_of(e, path, cur)
+                        if ctx is None:
+                            continue
+                    cands.append((ti, e.id, tuple(path), tuple(support), ans) + ((ctx,) if context else ()))
         order = g.permutation(len(cands))
         out = []
         for j in order[:n]:
-            ti, q, path, support, ans = cands[int(j)]
+            ti, q, path, support, ans = cands[int(j)][:5]
             templates = _QUESTION_PATHS[kind][ti][2]
             qe = self.entities[q]
             surface = _pick(g, qe.aliases) if qe.aliases and g.random() < self.alias_rate * 0.5 else qe.name
+            if context:
+                clause, cid = cands[int(j)][5]
+                surface = f"{surface}, {clause} {self.entities[cid].name},"
             text = _pick(g, templates).format(q=surface)
+            if context:
+                text = text.replace(",?", "?").replace(",'s", "'s")
             a = self.entities[ans]
             out.append(Question(f"{kind}-{len(out):04d}", kind, text, q, ans, a.surface_forms, path, support))
         return out
+
+    def _context_of(self, e: Entity, path: list[tuple[str, str, str]],
+                    cur: dict[tuple[str, str], int]) -> tuple[str, str] | None:
+        """(clause, entity id) of a current fact about ``e`` that is off ``path`` and names neither a path entity
+        nor the answer; None if there is none."""
+        options = {"person": (("lives_in", "who lives in"), ("works_at", "who works at")),
+                   "org": (("located_in", "based in"), ("founded_by", "founded by")),
+                   "event": (("organized_by", "organised by"), ("took_place_in", "held in"))}.get(e.kind, ())
+        on_path = {x for h, _, t in path for x in (h, t)}
+        for rel, clause in options:
+            if rel == path[0][1]:
+                continue
+            fi = cur.get((e.id, rel))
+            if fi is None:
+                continue
+            f = self.facts[fi]
+            obj = f.object if f.subject == e.id else f.subject
+            if obj not in on_path:
+                return clause, obj
+        return None
 
     # -- summary ------------------------------------------------------------------------------------------
     def summary(self, show: bool = True) -> dict[str, int]:

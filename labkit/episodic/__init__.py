@@ -12,9 +12,10 @@ Modules:
 - ``labkit.episodic.memos``: MemOS, MemCubes (provenance, versions, lifecycle) of three types (plaintext,
   activation = a TinyLM KV cache, parametric = an adapter) and policies for facts that conflict.
 - ``labkit.episodic.granularity``: turn / session / summary memory units and routers that pick one per question.
-- ``labkit.episodic.sort``: Sequence Order Recall Tasks on a long text: in context, from a retrieved memory, by chance.
-- ``labkit.episodic.embodied``: a grid-world agent with a FIFO or a place-centric episodic memory of equal capacity,
-  and one-shot naming (a fast binding memory vs a slow learner).
+- ``labkit.episodic.sort``: SORT with chapter 1's tiny LM (in context, from memory after fine-tuning, by replay) and
+  retrieval with and without positions.
+- ``labkit.episodic.embodied``: FIFO vs place-centric memory with an adaptive allocator, a sparse + hierarchical
+  navigation memory, and fast and slow word learning ("this is a dax").
 - ``labkit.episodic.streaming``: memory over a stream (a FIFO buffer, compression into event summaries, a pyramid
   memory bank, uniform subsampling at equal budget) and a persona-consistency memory check.
 

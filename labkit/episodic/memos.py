@@ -16,11 +16,18 @@ Lifecycle: ``create`` → ``read`` (counts accesses) → ``update`` (a new versi
 (status *archived* once ``now ≥ created + ttl``) → ``consolidate`` (identical plaintext cubes merged: the oldest is
 kept, the others soft-deleted with a ``duplicate_of`` link). Nothing is ever erased from the file.
 
+**Transitions.** ``promote`` turns a plaintext cube into an activation cube (its KV cache, linked ``derived_from``;
+the text stays as the auditable source); ``schedule`` is a minimal scheduler: promote every plaintext cube read at
+least ``min_access`` times, archive caches whose source changed (reason ``stale``). ``size`` reports the bytes of a
+cube. Plaintext → parametric (distilling text into weights) is not implemented: :func:`lora_tensors` /
+:func:`merge_lora` only store and apply an adapter.
+
 **Conflicting facts.** A fact ``(subject, relation)`` is one plaintext cube whose content is the value a policy
 resolves from the claims seen so far; a claim ``c = (v_c, t_c, \text{source}_c, r_c, s_c)`` has a value, a time, a
 source with reliability $r_c \in (0, 1)$ and a strength (coherence) $s_c \in (0, 1]$. Policies:
 
 - ``lww`` last write wins: $v = v_{c^*}$, $c^* = \arg\max_c t_c$;  ``fww`` first write wins: $\arg\min_c t_c$;
+- ``majority``: $v = \arg\max_v |\{c: v_c = v\}|$ (every claim counts 1: popularity, sources ignored);
 - ``credibility``: $v = \arg\max_v \sum_{c: v_c = v} w_c$, $w_c = s_c \,\mathrm{logit}(r_c)$ (clipped at 0.05);
 - ``recency_vote``: $v = \arg\max_v \sum_{c: v_c = v} w_c\, 2^{-(t_{\mathrm{ref}} - t_c)/h}$, $t_{\mathrm{ref}}$ the
   newest claim's time, $h$ the half-life: support counts, credible support counts more, old support fades.
@@ -28,11 +35,16 @@ source with reliability $r_c \in (0, 1)$ and a strength (coherence) $s_c \in (0,
 Ties go to the value of the newest tied claim. Every change of the resolved value writes a version (reason
 ``conflict``) with ``created_at`` = the claim time, so "what was X's Y at time t" is read from the version history.
 
+:func:`noise_sweep` measures every policy as the share of claims from unreliable sources grows (no database needed:
+:func:`resolve` gives exactly what a :class:`FactMemory` stores); :func:`activation_benchmark` checks and times
+activation memory against recomputing the prefix.
+
 **Knowledge clashes** ("Adaptive Chameleon or Stubborn Sloth", Xie et al.): the *parametric* belief is the first
 claim (source ``parametric``, reliability = the model's confidence); external evidence follows. We do **not** run an
-LLM: the "model" is one of the four policies, and we measure how often it keeps its memory (memorization ratio) as
+LLM: the "model" is one of the policies (``fww`` = a stubborn sloth, ``lww`` = an adaptive chameleon, the weighted
+votes in between), and we measure how often it keeps its memory (memorization ratio) as
 the evidence varies in coherence (partial vs full support), credibility, amount, and whether one passage agrees with
-the memory (the paper's confirmation-bias setting).
+the memory (the paper's confirmation-bias setting); :func:`coherence_sweep` traces it against the strength $s$.
 """
 
 from __future__ import annotations
@@ -53,24 +65,33 @@ import torch
 from labkit.episodic.store import MemoryStore, Note
 
 __all__ = [
+    "CLASH_CONDITIONS",
     "MEMORY_TYPES",
     "POLICIES",
     "SOURCES",
+    "SWEEP_SOURCES",
+    "UNRELIABLE",
     "Claim",
     "FactMemory",
     "MemCube",
     "MemOS",
+    "activation_benchmark",
     "clash_experiment",
+    "coherence_sweep",
+    "english_prefix",
     "fact_stream",
     "kv_from_tensors",
     "kv_to_tensors",
+    "lora_tensors",
+    "merge_lora",
+    "noise_sweep",
     "resolve",
     "run_experiments",
     "stream_experiment",
 ]
 
 MEMORY_TYPES = ("plaintext", "activation", "parametric")
-POLICIES = ("lww", "fww", "credibility", "recency_vote")
+POLICIES = ("lww", "fww", "majority", "credibility", "recency_vote")
 #: source -> reliability (probability that its claim is the true, current value)
 SOURCES: dict[str, float] = {"registry": 0.95, "news": 0.85, "blog": 0.7, "forum": 0.55}
 
@@ -411,6 +432,73 @@ class MemOS:
             raise ValueError(f"memcube {cube_id} holds a cache of model {cube.meta.get('model_id')!r}, got {want!r}")
         return kv_from_tensors(model, cube.tensors)
 
+    def size(self, cube_id: int) -> dict[str, int]:
+        """Bytes a cube occupies now: ``text`` (UTF-8 content), ``tensors`` (the BLOBs of its current version) and
+        ``all_versions`` (BLOBs of every version kept)."""
+        note = self.store.get_note(cube_id)
+
+        def run(c: sqlite3.Connection) -> tuple[int, int]:
+            cur = c.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM memcube_blobs WHERE note_id = ? AND version = "
+                            "(SELECT MAX(version) FROM memcube_blobs WHERE note_id = ? AND version <= ?)",
+                            (cube_id, cube_id, note.version)).fetchone()[0]
+            every = c.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM memcube_blobs WHERE note_id = ?",
+                              (cube_id,)).fetchone()[0]
+            return int(cur), int(every)
+
+        cur, every = self.store.transaction(run, write=False)
+        return {"text": len(note.text.encode()), "tensors": cur, "all_versions": every}
+
+    # -- transitions between memory types ------------------------------------------------------------------------
+    def promote(self, cube_id: int, model: Any, **kw: Any) -> int:
+        """Plaintext → activation: prefill the cube's text with ``model`` and store its KV cache as a new activation
+        cube linked ``derived_from`` → the plaintext cube (which stays; it is the auditable source). Returns the id."""
+        cube = self.get(cube_id)
+        if cube.memory_type != "plaintext":
+            raise ValueError(f"memcube {cube_id} must be a plaintext cube to promote, got {cube.memory_type!r}")
+        if cube.status != "active":
+            raise ValueError(f"memcube {cube_id} must be active to promote, got status {cube.status!r}")
+        meta = {"derived_from": cube_id, "from_version": cube.version, **kw.pop("meta", {})}
+        kw.setdefault("source", f"promote:{cube_id}")
+        kw.setdefault("priority", cube.priority)
+        aid = self.save_kv(model, cube.content, meta=meta, **kw)
+        self.store.link(aid, cube_id, kind="derived_from")
+        return aid
+
+    def activation_of(self, cube_id: int, model: Any) -> int | None:
+        """The active activation cube derived from plaintext ``cube_id``'s current version for ``model``, if any."""
+        cube, want = self.get(cube_id), model.new_cache(1).model_id
+        for link in self.store.links(cube_id, direction="in", kind="derived_from"):
+            a = self.get(link.src)
+            if (a.status == "active" and a.meta.get("model_id") == want
+                    and a.meta.get("from_version") == cube.version):
+                return a.id
+        return None
+
+    def schedule(self, model: Any, min_access: int = 3, max_tokens: int | None = None,
+                 now: float | None = None) -> dict[int, int]:
+        """A minimal scheduler: promote every active plaintext cube read at least ``min_access`` times (and at most
+        ``max_tokens`` tokens long, default the model's context - 1) that has no up-to-date activation cube yet; archive
+        activation cubes whose plaintext source changed version or is no longer active (stale caches). Returns
+        ``{plaintext id: new activation id}``; ``now`` is the new cubes' creation time."""
+        if isinstance(min_access, bool) or not isinstance(min_access, int) or min_access < 1:
+            raise ValueError(f"min_access must be a positive int, got {min_access!r}")
+        from labkit.models import tokenizer
+
+        limit = model.config.context - 1 if max_tokens is None else int(max_tokens)
+        for a in self.cubes("active", "activation"):
+            src = a.meta.get("derived_from")
+            if src is None:
+                continue
+            s = self.get(int(src))
+            if s.status != "active" or s.version != a.meta.get("from_version"):
+                self.archive(a.id, reason="stale")
+        out: dict[int, int] = {}
+        for c in self.cubes("active", "plaintext"):
+            if (c.access_count >= min_access and len(tokenizer.encode(c.content)) <= limit
+                    and self.activation_of(c.id, model) is None):
+                out[c.id] = self.promote(c.id, model, now=now)
+        return out
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Conflict policies
@@ -454,7 +542,12 @@ def resolve(claims: Sequence[Claim], policy: str, t: float | None = None, half_l
     score: dict[str, float] = defaultdict(float)
     last: dict[str, int] = {}
     for i, c in enumerate(seen):
-        w = c.weight if policy == "credibility" else c.weight * 0.5 ** ((t_ref - c.t) / half_life)
+        if policy == "majority":
+            w = 1.0
+        elif policy == "credibility":
+            w = c.weight
+        else:
+            w = c.weight * 0.5 ** ((t_ref - c.t) / half_life)
         score[c.value] += w
         last[c.value] = i
     return max(score, key=lambda v: (round(score[v], 12), last[v]))
@@ -522,11 +615,13 @@ class FactMemory:
 # ---------------------------------------------------------------------------------------------------------------
 def fact_stream(world: Any, seed: int = 0, claims_per_fact: int = 3, lag: int = 400,
                 sources: Mapping[str, float] | None = None, stale_share: float = 0.5,
-                relations: Sequence[str] = ("lives_in", "works_at")) -> list[tuple[str, str, Claim]]:
+                relations: Sequence[str] = ("lives_in", "works_at"),
+                source_probs: Mapping[str, float] | None = None) -> list[tuple[str, str, Claim]]:
     """Noisy claims about the world's changing facts, in time order: for every fact ``[start, end)`` of a person,
-    ``claims_per_fact`` claims at times uniform in ``[start, min(end, start + lag))``, each from a random source; a
-    source with reliability r says the true value with probability r, otherwise (with prob ``stale_share``) the
-    previous value when there is one — a stale report — or a random wrong value."""
+    ``claims_per_fact`` claims at times uniform in ``[start, min(end, start + lag))``, each from a random source
+    (uniform, or drawn with ``source_probs``: source -> weight); a source with reliability r says the true value with
+    probability r, otherwise (with prob ``stale_share``) the previous value when there is one — a stale report — or
+    a random wrong value."""
     sources = dict(SOURCES if sources is None else sources)
     if claims_per_fact < 1:
         raise ValueError(f"claims_per_fact must be >= 1, got {claims_per_fact}")
@@ -536,6 +631,15 @@ def fact_stream(world: Any, seed: int = 0, claims_per_fact: int = 3, lag: int = 
         raise ValueError("sources must name at least one source")
     g = np.random.default_rng(seed)
     names, rel = list(sources), [sources[s] for s in sources]
+    probs = None
+    if source_probs is not None:
+        unknown = sorted(set(source_probs) - set(sources))
+        if unknown:
+            raise ValueError(f"source_probs names unknown sources {unknown}; sources are {names}")
+        w = np.array([_check_number(f"source_probs[{n!r}]", source_probs.get(n, 0.0), 0.0) for n in names])
+        if w.sum() <= 0:
+            raise ValueError(f"source_probs must give some source a positive weight, got {dict(source_probs)}")
+        probs = w / w.sum()
     out: list[tuple[str, str, Claim]] = []
     for relation in relations:
         pool = sorted({f.object for f in world.facts if f.relation == relation})
@@ -545,7 +649,7 @@ def fact_stream(world: Any, seed: int = 0, claims_per_fact: int = 3, lag: int = 
                 hi = min(f.end if f.end is not None else f.start + lag, f.start + lag)
                 for _ in range(claims_per_fact):
                     t = float(g.integers(f.start, max(hi, f.start + 1)))
-                    s = int(g.integers(len(names)))
+                    s = int(g.integers(len(names))) if probs is None else int(g.choice(len(names), p=probs))
                     if g.random() < rel[s]:
                         v = f.object
                     elif i > 0 and g.random() < stale_share:
@@ -599,15 +703,9 @@ CLASH_CONDITIONS: tuple[tuple[str, int, float, tuple[str, ...], int], ...] = (
 )
 
 
-def clash_experiment(seed: int = 0, n_people: int = 60, cutoff_year: int = 2017, half_life: float = 365.0,
-                     conf_scale: float = 3.0) -> dict[str, Any]:
-    """Knowledge clashes, simulated (no LLM). The parametric memory of a fact is its value at a training cutoff
-    (``cutoff_year``-01-01); its confidence grows with how long it had been true by then,
-    ``c = 0.5 + 0.45 (1 - exp(-years / conf_scale))``. The question asks for the current value. When the memory is
-    stale the counter-evidence states the truth; when it is still true the counter-evidence is misinformation (a
-    random wrong value). Each counter passage comes from a random source of the condition's pool; supporting
-    (memory-consistent) passages from a random credible source. Evidence order is shuffled. Returns, per condition
-    and policy, the memorization ratio (answer = memory), the counter ratio and the accuracy (answer = truth)."""
+def _clash_items(seed: int, n_people: int, cutoff_year: int, conf_scale: float
+                 ) -> tuple[list[tuple[str, str, str, float]], np.random.Generator]:
+    """(memory, counter value, truth, confidence) per fact, and the generator the evidence draws continue from."""
     from labkit.data.worlds import date_of, make_world
 
     conf_scale = _check_number("conf_scale", conf_scale, 0.0, strict=True)
@@ -627,12 +725,20 @@ def clash_experiment(seed: int = 0, n_people: int = 60, cutoff_year: int = 2017,
             truth = world.current(p, relation)
             counter = truth if truth != memory else next(str(v) for v in g.permutation(pool) if v != memory)
             items.append((memory, counter, truth, conf))
+    return items, g
+
+
+def _clash_eval(items: Sequence[tuple[str, str, str, float]], conditions: Sequence[tuple], g: np.random.Generator,
+                half_life: float, support_follows: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+    """Per condition and policy: memorization / counter / accuracy ratios. Supporting passages are coherent
+    (strength 1) unless ``support_follows``, when they have the counter passages' strength."""
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for name, n_counter, strength, pool_s, n_support in CLASH_CONDITIONS:
+    for name, n_counter, strength, pool_s, n_support in conditions:
         res = {p: {"mem": 0, "ctr": 0, "acc": 0} for p in POLICIES}
+        s_sup = strength if support_follows else 1.0
         for memory, counter, truth, conf in items:
             ev = [(counter, str(pool_s[int(g.integers(len(pool_s)))]), strength) for _ in range(n_counter)]
-            ev += [(memory, ("registry", "news")[int(g.integers(2))], 1.0) for _ in range(n_support)]
+            ev += [(memory, ("registry", "news")[int(g.integers(2))], s_sup) for _ in range(n_support)]
             ev = [ev[i] for i in g.permutation(len(ev))]
             claims = [Claim(memory, 0.0, "parametric", conf)]
             claims += [Claim(v, float(i + 1), s, SOURCES[s], st) for i, (v, s, st) in enumerate(ev)]
@@ -644,18 +750,210 @@ def clash_experiment(seed: int = 0, n_people: int = 60, cutoff_year: int = 2017,
         n = max(len(items), 1)
         table[name] = {p: {"memorization": res[p]["mem"] / n, "counter": res[p]["ctr"] / n,
                            "accuracy": res[p]["acc"] / n} for p in POLICIES}
+    return table
+
+
+def clash_experiment(seed: int = 0, n_people: int = 60, cutoff_year: int = 2017, half_life: float = 365.0,
+                     conf_scale: float = 3.0) -> dict[str, Any]:
+    """Knowledge clashes, simulated (no LLM). The parametric memory of a fact is its value at a training cutoff
+    (``cutoff_year``-01-01); its confidence grows with how long it had been true by then,
+    ``c = 0.5 + 0.45 (1 - exp(-years / conf_scale))``. The question asks for the current value. When the memory is
+    stale the counter-evidence states the truth; when it is still true the counter-evidence is misinformation (a
+    random wrong value). Each counter passage comes from a random source of the condition's pool; supporting
+    (memory-consistent) passages from a random credible source. Evidence order is shuffled. Returns, per condition
+    and policy, the memorization ratio (answer = memory), the counter ratio and the accuracy (answer = truth)."""
+    items, g = _clash_items(seed, n_people, cutoff_year, conf_scale)
+    table = _clash_eval(items, CLASH_CONDITIONS, g, half_life)
     stale = float(np.mean([m != t for m, _, t, _ in items]))
     return {"seed": seed, "n_items": len(items), "stale_share": stale, "table": table,
             "mean_confidence": float(np.mean([c for *_, c in items]))}
 
 
+def coherence_sweep(seed: int = 0, n_people: int = 60, strengths: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0),
+                    n_counter: int = 1, supports: Sequence[int] = (0, 1), cutoff_year: int = 2017,
+                    half_life: float = 365.0, conf_scale: float = 3.0) -> dict[str, Any]:
+    """Memorization ratio of every policy against the coherence (strength) $s$ of the external evidence: one (or
+    ``n_counter``) credible counter passage(s) of strength $s$, plus ``supports`` memory-consistent passages of the
+    same strength (0: the paper's single-source setting; 1: its "evidence also contains the memory" setting).
+    Returns ``{"strengths": [...], "curves": {"k supporting": {policy: [ratio per strength]}}, "n_items": n}``."""
+    strengths = [_check_number("strength", s, 0.0, strict=True) for s in strengths]
+    if any(s > 1 for s in strengths):
+        raise ValueError(f"strengths must lie in (0, 1], got {strengths}")
+    items, g = _clash_items(seed, n_people, cutoff_year, conf_scale)
+    curves: dict[str, dict[str, list[float]]] = {}
+    for k in supports:
+        conds = [(f"s={s}", n_counter, s, ("registry", "news"), int(k)) for s in strengths]
+        tab = _clash_eval(items, conds, g, half_life, support_follows=True)
+        curves[f"{k} supporting"] = {p: [tab[c[0]][p]["memorization"] for c in conds] for p in POLICIES}
+    return {"seed": seed, "strengths": strengths, "curves": curves, "n_items": len(items)}
+
+
+#: the noise sweep's sources: two reliable, two unreliable (``rumour`` is right less often than not)
+SWEEP_SOURCES: dict[str, float] = {"registry": 0.95, "news": 0.85, "forum": 0.55, "rumour": 0.35}
+UNRELIABLE: tuple[str, ...] = ("forum", "rumour")
+
+
+def noise_sweep(seed: int = 0, n_people: int = 40, shares: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                claims_per_fact: int = 3, half_life: float = 365.0, n_times: int = 3, lag: int = 400) -> dict[str, Any]:
+    """Accuracy of every policy as the share $u$ of claims from unreliable sources grows. Each claim's source is
+    drawn from :data:`SWEEP_SOURCES` with probability $u/2$ for each unreliable one and $(1-u)/2$ for each reliable
+    one (same world and probe times for every $u$). Resolution uses :func:`resolve` directly — the same values a
+    :class:`FactMemory` stores (a test checks it) — so the sweep needs no database. Returns per share the share of
+    claims that contradict the value true at their time, and per policy the accuracy of "current value" and of
+    "value at time t"."""
+    from labkit.data.worlds import make_world
+
+    shares = [_check_number("share", u, 0.0) for u in shares]
+    if any(u > 1 for u in shares):
+        raise ValueError(f"shares must lie in [0, 1], got {shares}")
+    relations = ("lives_in", "works_at")
+    world = make_world(seed, n_people=n_people, n_places=12, n_orgs=10, n_events=0, change_rate=0.6)
+    keys = sorted({(f.subject, f.relation) for f in world.facts if f.relation in relations})
+    horizon = max(f.start for f in world.facts if f.relation in relations) + lag
+    g = np.random.default_rng(seed + 1)
+    probes = [(s, r, float(t), world.value_at(s, r, int(t))) for s, r in keys
+              for t in g.integers(world.history(s, r)[0].start, horizon + 1, n_times)]
+    out: dict[str, Any] = {"seed": seed, "shares": shares, "wrong_share": [], "n_facts": len(keys),
+                           "policies": {p: {"current": [], "at_time": []} for p in POLICIES}}
+    for u in shares:
+        probs = {s: (u if s in UNRELIABLE else 1.0 - u) for s in SWEEP_SOURCES}
+        stream = fact_stream(world, seed, claims_per_fact, lag, sources=SWEEP_SOURCES, relations=relations,
+                             source_probs=probs)
+        out["wrong_share"].append(float(np.mean([c.value != world.value_at(s, r, int(c.t)) for s, r, c in stream])))
+        by_key: dict[tuple[str, str], list[Claim]] = defaultdict(list)
+        for s, r, c in stream:
+            by_key[(s, r)].append(c)
+        for p in POLICIES:
+            cur = np.mean([resolve(by_key[k], p, half_life=half_life) == world.current(*k) for k in keys])
+            at = np.mean([resolve(by_key[(s, r)], p, t=t, half_life=half_life) == v for s, r, t, v in probes])
+            out["policies"][p]["current"].append(float(cur))
+            out["policies"][p]["at_time"].append(float(at))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Activation and parametric memory: cost and size
+# ---------------------------------------------------------------------------------------------------------------
+def english_prefix(n_tokens: int, seed: int = 0) -> str:
+    """``n_tokens`` characters of held-out English (printable ASCII, so one byte = one token) from a seeded offset."""
+    import re
+
+    from labkit.data.corpus import english_text
+
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    text = re.sub(r"\s+", " ", "".join(ch for ch in english_text("heldout") if 32 <= ord(ch) < 127 or ch.isspace()))
+    text = text.replace("<", "(").replace(">", ")")  # no special-token names
+    start = int(np.random.default_rng(seed).integers(0, len(text) - n_tokens))
+    return text[start:start + n_tokens]
+
+
+def activation_benchmark(model_name: str = "tinylm", lengths: Sequence[int] = (8, 16, 32, 64, 96, 127),
+                         repeats: int = 7, seed: int = 0, path: str | None = None) -> dict[str, Any]:
+    """Activation memory, checked and timed. For each prefix length T (tokens): store the KV cache of the prefix
+    as an activation cube in a SQLite file, then answer "next-token logits after prefix + one token" three ways:
+    ``recompute`` (prefill all T + 1 tokens), ``load`` (read the cube from the file, rebuild the cache, decode one
+    token) and ``in_ram`` (decode one token from a cache already in memory). Times are medians over ``repeats``
+    (seconds); ``max_abs_diff`` compares the loaded path's logits with recomputing; ``kv_bytes`` is the BLOB size.
+    Runs on CPU in whatever thread setting the caller chose."""
+    import tempfile
+    from pathlib import Path
+
+    from labkit.models import load, tokenizer
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    model = load(model_name)
+    ctx = model.config.context
+    lengths = [int(T) for T in lengths]
+    if any(T < 1 or T > ctx - 1 for T in lengths):
+        raise ValueError(f"lengths must lie in 1..{ctx - 1}, got {lengths}")
+    text = english_prefix(max(lengths) + 1, seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, MemoryStore(path or Path(tmp) / "activation.db") as store:
+        mem = MemOS(store)
+        with torch.no_grad():
+            model(torch.tensor([tokenizer.encode(text[:16])]))  # warm-up
+            for T in lengths:
+                prefix = text[:T]
+                ids = torch.tensor([tokenizer.encode(text[:T + 1])])
+                t0 = time.perf_counter()
+                cid = mem.save_kv(model, prefix, source="benchmark")
+                t_save = time.perf_counter() - t0
+                rec, ld, dec = [], [], []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    full = model(ids)[0, -1]
+                    t1 = time.perf_counter()
+                    cache = mem.load_kv(cid, model)
+                    t2 = time.perf_counter()
+                    cached = model(ids[:, -1:], cache=cache)[0, -1]
+                    t3 = time.perf_counter()
+                    rec.append(t1 - t0)
+                    ld.append(t2 - t1)
+                    dec.append(t3 - t2)
+                rows.append({"tokens": T, "kv_bytes": mem.size(cid)["tensors"], "save": t_save,
+                             "recompute": float(np.median(rec)), "load": float(np.median(ld)) + float(np.median(dec)),
+                             "load_only": float(np.median(ld)), "in_ram": float(np.median(dec)),
+                             "max_abs_diff": float((cached - full).abs().max()),
+                             "same_argmax": bool(cached.argmax() == full.argmax())})
+    return {"model": model_name, "parameters": sum(p.numel() for p in model.parameters()), "rows": rows,
+            "threads": torch.get_num_threads()}
+
+
+def lora_tensors(model: torch.nn.Module, rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"),
+                 seed: int = 0, scale: float = 0.02) -> dict[str, torch.Tensor]:
+    """A LoRA adapter as a tensor dict (a parametric memory): for every ``nn.Linear`` whose name ends with one of
+    ``targets``, ``<name>.lora_A``: (rank, d_in) and ``<name>.lora_B``: (d_out, rank), both ~ N(0, scale²) so the
+    adapter does something (a trained one would come from chapter 4's recipes)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.split(".")[-1] in targets:
+            d_out, d_in = mod.weight.shape
+            out[f"{name}.lora_A"] = scale * torch.randn(rank, d_in, generator=g)
+            out[f"{name}.lora_B"] = scale * torch.randn(d_out, rank, generator=g)
+    if not out:
+        raise ValueError(f"targets {tuple(targets)} match no nn.Linear of the model")
+    return out
+
+
+def merge_lora(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], alpha: float = 1.0) -> torch.nn.Module:
+    r"""A copy of ``model`` with every adapter of :func:`lora_tensors` merged: $W \leftarrow W + \alpha B A$."""
+    import copy
+
+    new = copy.deepcopy(model)
+    mods = dict(new.named_modules())
+    with torch.no_grad():
+        for key, a in tensors.items():
+            if not key.endswith(".lora_A"):
+                continue
+            name = key.removesuffix(".lora_A")
+            if name not in mods or f"{name}.lora_B" not in tensors:
+                raise ValueError(f"adapter {name!r} has no matching layer / lora_B in the model")
+            w = mods[name].weight
+            w += alpha * (tensors[f"{name}.lora_B"] @ a).to(w)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# All experiments
+# ---------------------------------------------------------------------------------------------------------------
 def run_experiments(fast: bool = True, seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
-    """Both experiments over ``seeds`` (FAST: 30 people per world; full: 120). Means and stds per policy."""
+    """The conflict experiments over ``seeds`` (FAST: 30 people per world; full: 120): the fact stream, the
+    knowledge-clash conditions, the coherence sweep and the unreliable-source sweep. ``stream`` holds (mean, std)
+    over seeds, ``clash`` means; the two sweeps keep one list per seed (for bands)."""
     torch.set_num_threads(1)
     n = 30 if fast else 120
     t0 = time.perf_counter()
     streams = [stream_experiment(s, n_people=n) for s in seeds]
     clashes = [clash_experiment(s, n_people=2 * n) for s in seeds]
+    coh = [coherence_sweep(s, n_people=2 * n, strengths=(0.1, 0.3, 0.5, 0.7, 1.0) if fast else
+                           tuple(np.round(np.linspace(0.1, 1.0, 10), 2))) for s in seeds]
+    noise = [noise_sweep(s, n_people=n, shares=(0.0, 0.3, 0.6, 0.9) if fast else
+                         (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) for s in seeds]
     summary: dict[str, Any] = {"stream": {}, "clash": {}}
     for p in POLICIES:
         summary["stream"][p] = {m: (float(np.mean([r["policies"][p][m] for r in streams])),
@@ -664,9 +962,16 @@ def run_experiments(fast: bool = True, seeds: Sequence[int] = (0, 1, 2)) -> dict
     for name, *_ in CLASH_CONDITIONS:
         summary["clash"][name] = {p: {m: float(np.mean([c["table"][name][p][m] for c in clashes]))
                                       for m in ("memorization", "counter", "accuracy")} for p in POLICIES}
+    summary["coherence"] = {"strengths": coh[0]["strengths"],  # curves: (seeds, strengths) per policy
+                            "curves": {k: {p: [c["curves"][k][p] for c in coh] for p in POLICIES}
+                                       for k in coh[0]["curves"]}}
+    summary["noise"] = {"shares": noise[0]["shares"], "wrong_share": [r["wrong_share"] for r in noise],
+                        "policies": {p: {m: [r["policies"][p][m] for r in noise] for m in ("current", "at_time")}
+                                     for p in POLICIES}}  # (seeds, shares) per policy and metric
     summary["stale_share"] = float(np.mean([c["stale_share"] for c in clashes]))
     summary["mean_confidence"] = float(np.mean([c["mean_confidence"] for c in clashes]))
     summary["n_claims"] = [r["n_claims"] for r in streams]
+    summary["n_facts"] = [r["n_facts"] for r in streams]
     summary["n_clash_items"] = [c["n_items"] for c in clashes]
     summary["seconds"] = time.perf_counter() - t0
     summary["seeds"] = list(seeds)

@@ -62,6 +62,7 @@ __all__ = [
     "Note",
     "StoreBusyError",
     "Triple",
+    "benchmark_results",
     "fts_query",
 ]
 
@@ -1049,3 +1050,30 @@ class MemoryStore:
         top = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
         top = top[np.lexsort((ids[top], -scores[top]))]
         return [(int(ids[i]), float(scores[i])) for i in top]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The committed benchmark
+# ---------------------------------------------------------------------------------------------------------------
+BENCHMARK_FILE = "episodic-store-vm.json"
+
+
+def benchmark_results(path: str | Path | None = None) -> dict:
+    """The store benchmark written by ``python benchmarks/episodic_store.py`` (ingest rate and query latency at 10k
+    and 100k notes, MiniLM encode throughput; see that script for what each number measures).
+
+    ``path`` if given; otherwise ``benchmarks/results/episodic-store-vm.json`` of the repository this package lives
+    in, then of the current directory or any folder above it (a notebook runs in ``book/``). FileNotFoundError
+    naming the command that writes it when there is none (e.g. labkit installed without the repository).
+    """
+    if path is not None:
+        candidates = [Path(path)]
+    else:
+        rel = Path("benchmarks") / "results" / BENCHMARK_FILE
+        here = Path.cwd().resolve()
+        candidates = [Path(__file__).resolve().parents[2] / rel] + [base / rel for base in (here, *here.parents)]
+    for c in candidates:
+        if c.is_file():
+            return json.loads(c.read_text())
+    raise FileNotFoundError(f"no store benchmark at {candidates[0]}: run `python benchmarks/episodic_store.py` "
+                            "in the repository to write it")

@@ -24,10 +24,11 @@ time span [t_0, t_1]; its content is the mean s / n. All four memories expose th
 
 Queries asked at time τ about [0, τ): *event at t* (decode the slot nearest to t), *last occurrence of E*
 (largest t_1 of a slot decoding to E, within a tolerance), *has E happened?* (half seen, half never-seen
-events) and *how many distinct events?* (scored 1 − relative error, clipped at 0). Decoding maps a slot mean
-to the nearest prototype of the event vocabulary (cosine). ``streaming_experiment`` measures accuracy vs
-elapsed time and budget and the cost per frame. ``python -m labkit.episodic.streaming`` writes the full run
-(3 seeds, both parts) to ``labkit/assets/streaming.json`` (``load``).
+events), *how many distinct events?* (scored 1 − relative error, clipped at 0) and *what is happening now?*
+(the event at a t in the last ``RECENT`` frames: OVBench's "present" tasks, where a recency buffer matters).
+Decoding maps a slot mean to the nearest prototype of the event vocabulary (cosine). ``streaming_experiment``
+measures accuracy vs elapsed time and budget and the cost per frame. ``python -m labkit.episodic.streaming``
+writes the full run (3 seeds, both parts) to ``labkit/assets/streaming.json`` (``load``).
 
 **Part 2 — persona consistency** (LMEDR, simplified). A persona is a set of functional facts (attribute,
 value) with text; candidate responses come from templates: consistent (restate the value), contradicting
@@ -57,6 +58,7 @@ from labkit.runtime import load_results
 __all__ = [
     "MEMORIES",
     "QUERY_TYPES",
+    "RECENT",
     "CompressiveMemory",
     "FIFOMemory",
     "LearnedNLI",
@@ -82,7 +84,8 @@ __all__ = [
 ]
 
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "streaming.json"
-QUERY_TYPES = ("event_at", "last_seen", "seen_before", "count")
+QUERY_TYPES = ("event_at", "last_seen", "seen_before", "count", "present")
+RECENT = 20  # frames: a "present" query asks about t in [now - RECENT, now)
 MEMORIES = ("fifo", "compressive", "pyramid", "uniform")
 
 
@@ -423,24 +426,28 @@ def make_queries(stream: VideoStream, now: int, n_queries: int, rng: np.random.G
     ask_seen = rng.random(n_queries) < 0.5
     q["seen_before"] = [(int(rng.choice(seen)), True) if s else (int(rng.choice(unseen)), False) for s in ask_seen]
     q["count"] = [(None, len(seen))]
+    recent = rng.integers(max(0, now - RECENT), now, size=n_queries)
+    q["present"] = [(int(t), int(labels[t])) for t in recent]
     return q
 
 
 def answer_queries(
     memory: StreamMemory, prototypes: np.ndarray, queries: dict[str, list], now: int
 ) -> dict[str, float]:
-    """Accuracy per query type. Slots decode to argmax_e cos(mean, μ_e); *last_seen* is right within
+    """Accuracy per query type (*event_at* / *present*: the event at a time t in the whole past / in the last
+    ``RECENT`` frames). Slots decode to argmax_e cos(mean, μ_e); *last_seen* is right within
     max(3, 0.01·now) frames; *count* scores 1 − |predicted − true| / true (clipped at 0)."""
     means, t0, t1, _ = memory.slots()
     if len(means) == 0:
         return {k: 0.0 for k in QUERY_TYPES}
     ids = np.argmax(means @ prototypes.T, axis=1)
     out = {}
-    ok = []
-    for t, e in queries["event_at"]:
-        dist = np.maximum(t0 - t, 0) + np.maximum(t - t1, 0)
-        ok.append(ids[int(np.argmin(dist))] == e)
-    out["event_at"] = float(np.mean(ok))
+    for kind in ("event_at", "present"):
+        ok = []
+        for t, e in queries.get(kind, []):
+            dist = np.maximum(t0 - t, 0) + np.maximum(t - t1, 0)
+            ok.append(ids[int(np.argmin(dist))] == e)
+        out[kind] = float(np.mean(ok)) if ok else float("nan")
     tol = max(3, int(0.01 * now))
     ok = []
     for e, last in queries["last_seen"]:
@@ -642,6 +649,10 @@ class RuleNLI:
             return None, None, True
         return _VALUE_TO_ATTR[values[0]], values[0], not any(w in NEGATION_CUES for w in words)
 
+    def pair_probs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """(fact, response) pairs → (len(pairs), 3) one-hot rows."""
+        return np.concatenate([self.probs([f], r) for f, r in pairs]) if pairs else np.zeros((0, 3))
+
     def probs(self, facts: Sequence[str], response: str) -> np.ndarray:
         """facts: M sentences → (M, 3) probabilities of (entail, neutral, contradict)."""
         a, v, pos = self.parse(response)
@@ -695,9 +706,13 @@ class LearnedNLI:
 
     def probs(self, facts: Sequence[str], response: str) -> np.ndarray:
         """facts: M sentences → (M, 3) probabilities of (entail, neutral, contradict)."""
-        if not facts:
+        return self.pair_probs([(f, response) for f in facts])
+
+    def pair_probs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """(fact, response) pairs → (len(pairs), 3) probabilities, in one batch."""
+        if not pairs:
             return np.zeros((0, 3))
-        idx, off = self._batch([(f, response) for f in facts])
+        idx, off = self._batch(pairs)
         with torch.no_grad():
             return torch.softmax(self.bag(idx, off) + self.bias, dim=1).numpy()
 
@@ -744,12 +759,14 @@ def persona_experiment(
     rng = np.random.default_rng(seed)
     learned = LearnedNLI(seed=seed).fit(nli_pairs(n_train, rng, held_out=False))
     test = nli_pairs(500, np.random.default_rng(seed + 10_000), held_out=True)
-    pred = [int(np.argmax(learned.probs([f], r)[0])) for f, r, _ in test]
-    nli_acc = float(np.mean([p == 1 - lab for p, (_, _, lab) in zip(pred, test)]))
     seen = nli_pairs(500, np.random.default_rng(seed + 20_000), held_out=False)
-    seen_acc = float(np.mean([int(np.argmax(learned.probs([f], r)[0])) == 1 - lab for f, r, lab in seen]))
     rule = RuleNLI()
-    rule_acc = float(np.mean([int(np.argmax(rule.probs([f], r)[0])) == 1 - lab for f, r, lab in test]))
+
+    def nli_accuracy(checker, data) -> float:
+        pred = np.argmax(checker.pair_probs([(f, r) for f, r, _ in data]), axis=1)
+        return float(np.mean(pred == 1 - np.array([lab for _, _, lab in data])))
+
+    nli_acc, seen_acc, rule_acc = nli_accuracy(learned, test), nli_accuracy(learned, seen), nli_accuracy(rule, test)
     results: dict = {"contradiction": {}, "consistency": {}, "oracle_consistency": {}}
     for phrasing, held_out in (("seen", False), ("unseen", True)):
         drng = np.random.default_rng(seed + 1)
@@ -761,8 +778,9 @@ def persona_experiment(
         results["oracle_consistency"][phrasing] = float(np.mean([max(lab for _, lab in c) for _, c, _ in dialogues]))
         for name, checker in (("rule", rule), ("learned", learned)):
             # (n_candidates, n_facts, 3) per dialogue, computed once; memory size m keeps the first m facts
-            probs = [np.stack([checker.probs(list(persona.texts), c) for c, _ in cands])
-                     for persona, cands, _ in dialogues]
+            pairs = [(f, c) for persona, cands, _ in dialogues for c, _ in cands for f in persona.texts]
+            flat = checker.pair_probs(pairs).reshape(n_dialogues, n_candidates, n_facts, 3)
+            probs = list(flat)
             contra, cons = [], []
             for m in memory_sizes:
                 labels = np.array([cands[_select(p[:, :m], base)][1] for p, (_, cands, base) in zip(probs, dialogues)])

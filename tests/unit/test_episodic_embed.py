@@ -76,3 +76,21 @@ def test_minilm_is_semantic():
     h = HashingEmbedder().encode(["a dog barks", "the puppy is barking", "stock prices fell"])
     assert h[0] @ h[1] < 0.5  # the hashing stand-in does not see it (not semantic)
     assert m.loaded and np.allclose(m.encode(["a dog barks"]), x[:1], atol=1e-5)  # batching does not change vectors
+
+
+def test_model_loading_hides_and_restores_the_progress_bar():
+    from labkit.episodic.embed import _quiet_transformers
+
+    tlog = pytest.importorskip("transformers.utils.logging")
+    was = tlog.is_progress_bar_enabled()
+    try:
+        tlog.enable_progress_bar()
+        with _quiet_transformers():
+            assert not tlog.is_progress_bar_enabled()  # no "Loading weights" widget in the notebooks
+        assert tlog.is_progress_bar_enabled()
+        tlog.disable_progress_bar()
+        with _quiet_transformers():
+            pass
+        assert not tlog.is_progress_bar_enabled()  # a setting the user chose stays as it was
+    finally:
+        (tlog.enable_progress_bar if was else tlog.disable_progress_bar)()

@@ -7,7 +7,14 @@ import pytest
 
 from labkit.data.worlds import make_conversations, make_world
 from labkit.episodic.embed import HashingEmbedder
-from labkit.episodic.granularity import GRANULARITIES, GranularIndex, build_units, recall_at, route_by_rule
+from labkit.episodic.granularity import (
+    GRANULARITIES,
+    GranularIndex,
+    build_units,
+    evaluate,
+    recall_at,
+    route_by_rule,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +84,36 @@ def test_recall_and_bad_args(gi):
         gi.route("x y", "random")
     with pytest.raises(ValueError, match="temperature"):
         GranularIndex.__new__(GranularIndex).__init__(None, None, temperature=0)
+
+
+def test_dated_turn_units(conv):
+    dated, plain = build_units(conv)["turn"], build_units(conv, dated_turns=False)["turn"]
+    t = conv.turns()[0]
+    assert plain[0].text == f"{t.speaker}: {t.text}"
+    assert dated[0].text.startswith(f"{t.speaker} (") and dated[0].text.endswith(f"): {t.text}")
+
+
+def test_soft_router(gi, conv):
+    q = conv.qa[0].question
+    qv = np.asarray(gi.embedder.encode([q]), dtype=np.float32)[0]
+    w = gi.weights(qv)
+    assert set(w) == set(GRANULARITIES) and sum(w.values()) == pytest.approx(1.0)
+    ent = {g: gi.entropy(s) for g, s in gi.scores(qv).items()}
+    assert max(w, key=w.get) == min(ent, key=ent.get)  # the most peaked granularity weighs most
+    for weighting in ("entropy", "uniform"):
+        out = gi.retrieve_soft(q, k=5, q=qv, weighting=weighting)
+        assert len(out) == 5 and len(set(out)) == 5
+    with pytest.raises(ValueError, match="weighting"):
+        gi.retrieve_soft(q, weighting="max")
+
+
+def test_evaluate_small():
+    res = evaluate(seeds=(0,), embedder=HashingEmbedder(dim=64), n_sessions=3, turns_per_session=6, n_questions=10,
+                   progress=False)
+    assert {"fixed: turn", "fixed: session", "fixed: summary", "soft entropy router", "rule router",
+            "oracle (upper bound)"} <= set(res["recall"])
+    oracle = res["recall"]["oracle (upper bound)"]
+    for g in GRANULARITIES:
+        for kind, v in res["recall"][f"fixed: {g}"].items():
+            assert v[0] <= oracle[kind][0] + 1e-9
+    assert sum(sum(c.values()) for c in res["route"]["rule router"].values()) == 10

@@ -131,3 +131,114 @@ def test_canonical_oracle_merges_aliases():
     g = build_graph(passages, emb, lex, synonyms=False, canonical=True)
     assert len(g.nodes) == 3 and ("bob smith" in g.nodes) != ("robert smith" in g.nodes)
     assert set(g.retrieve(["Where does Bob Smith live?"], emb, k=2)[0]) == {"a", "b"}
+
+
+def test_split_sentences_keeps_abbreviations():
+    from labkit.episodic.hipporag import split_sentences
+
+    text = ("R. Moreno works at Corvane Sys.. Bob Moreno lives in Pt. Valmora. In May 2019, E. Kesbury hosted "
+            "2019 Kesbury Marathon. Alice Smith is married to Carol Smith.")
+    assert split_sentences(text) == ["R. Moreno works at Corvane Sys..", "Bob Moreno lives in Pt. Valmora.",
+                                     "In May 2019, E. Kesbury hosted 2019 Kesbury Marathon.",
+                                     "Alice Smith is married to Carol Smith."]
+    assert split_sentences("") == [] and split_sentences("One sentence") == ["One sentence"]
+    with pytest.raises(ValueError, match="text"):
+        split_sentences(3)  # type: ignore[arg-type]
+
+
+def test_entity_pages_round_trip_openie_and_gold_pages():
+    from labkit.data.worlds import make_world
+    from labkit.episodic.hipporag import entity_pages, page_questions, passage_triples
+
+    w = make_world(4, n_people=40, n_places=20, n_orgs=15, n_events=6)
+    pages, page_of = entity_pages(w.passages())
+    assert len(page_of) == len(w.passages()) and len(pages) == len(set(page_of.values()))
+    lex = w.alias_table()
+    text = dict(pages)
+    for p in w.passages():  # every one-fact passage sits in its subject's page and is parsed there exactly
+        assert page_of[p.id] == f"page:{p.triples[0][0]}" and p.text in text[page_of[p.id]]
+    surf = {(p.id, i): m.lower() for p in w.passages() for i, m in p.mentions}
+    gold = {pid: set() for pid, _ in pages}
+    for p in w.passages():
+        gold[page_of[p.id]] |= {(surf[p.id, h], r, surf[p.id, t]) for h, r, t in p.triples}
+    assert all(set(passage_triples(t, lex)) == gold[pid] for pid, t in pages)
+    qs, sup = page_questions(w, {"max_start_passages": 5}, 20, 0, page_of)
+    assert qs and all(len(s) == 2 and s[0] != s[1] for s in sup)
+    for q, s in zip(qs, sup, strict=True):  # hop 1 is on the start entity's page, hop 2 on the bridge's page
+        assert s == (page_of[q.support[0]], page_of[q.support[1]])
+
+
+def test_incidence_counts_triples_per_passage():
+    # HippoRAG scores a passage by sum over its facts of the PPR mass of the fact's two phrases: a node in 2 of the
+    # passage's triples counts twice.
+    emb = HashingEmbedder()
+    g = build_graph([("p", "Alice Smith works at Zorblax Labs. Alice Smith lives in Quillby."),
+                     ("q", "Carol Smith lives in Quillby.")], emb, LEX, synonyms=False)
+    row = dict(zip(g.nodes, g.incidence[0], strict=True))
+    assert row == {"alice smith": 2.0, "zorblax labs": 1.0, "quillby": 1.0, "carol smith": 0.0}
+    assert g.specificity[g.nodes.index("quillby")] == pytest.approx(0.5)
+
+
+def test_recall_modes():
+    ret = [["a", "x", "b"], ["y", "z", "c"]]
+    sup = [("a", "b"), ("c", "d")]
+    assert recall_at_k(ret, sup, 3) == 0.5 and recall_at_k(ret, sup, 2) == 0.0
+    assert recall_at_k(ret, sup, 3, "fraction") == pytest.approx(0.75)
+    assert recall_at_k(ret, sup, 3, "any") == 1.0 and recall_at_k(ret, sup, 2, "any") == 0.5
+
+
+def test_ppr_walk_and_small_experiment():
+    from labkit.episodic.hipporag import ppr_walk, run_experiment, summarize
+
+    passages, q = _chain()
+    emb = HashingEmbedder()
+    g = build_graph(passages, emb, LEX, synonyms=False)
+    walk = ppr_walk(g, q, emb, top=3)
+    assert walk["seeds"] == [("alice smith", 1.0)] and walk["nodes"][0][0] == "alice smith"
+    assert {p for p, _ in walk["passages"][:2]} == {"gold1", "gold2"}
+    assert ppr_walk(g, "nothing known here", emb)["nodes"] == []
+    res = run_experiment(seeds=(0,), distractors=(0, 20), worlds={"w": {"n_people": 30, "n_places": 30,
+                                                                        "n_orgs": 30, "n_events": 4}},
+                         question_sets={"2hop": {"max_start_passages": 5}}, n_questions=15, embedder="hashing",
+                         methods=("dense", "ppr", "ppr_no_spec"), ks=(2, 5), show_progress=False)
+    s = summarize(res, 5)
+    assert set(s) == {("w", "2hop", nd, m) for nd in (0, 20) for m in ("dense", "ppr", "ppr_no_spec")}
+    assert all(0.0 <= v[0] <= 1.0 for v in s.values())
+    assert all(r["n_questions"] > 0 for r in res["rows"]) and res["templates"]
+    assert s["w", "2hop", 0, "ppr"][0] >= s["w", "2hop", 0, "dense"][0]
+    with pytest.raises(ValueError, match="methods"):
+        run_experiment(methods=("bogus",), embedder="hashing")
+
+
+def test_world_question_options_rare_start_and_context():
+    # The options added to World.questions for this experiment; the defaults keep earlier questions unchanged.
+    from collections import Counter
+
+    from labkit.data.worlds import make_world
+
+    w = make_world(3, n_people=80, n_places=20, n_orgs=20, n_events=12, hub_fraction=0.15)
+    base = w.questions("2hop", 30, seed=1)
+    assert [q.text for q in base] == [q.text for q in w.questions("2hop", 30, seed=1, max_start_passages=None,
+                                                                  context=False)]
+    n_pass = Counter(e for p in w.passages() for e in p.entities)
+    rare = w.questions("2hop", 500, seed=1, max_start_passages=4)
+    assert rare and all(n_pass[q.entity] <= 4 for q in rare)
+    assert len(rare) < len(w.questions("2hop", 500, seed=1))
+    ctx = w.questions("2hop", 40, seed=2, context=True)
+    assert ctx
+    lex = w.alias_table()
+    for q in ctx:
+        named = {lex[s] for s in link_entities(q.text, lex)}
+        on_path = {x for h, _, t in q.path for x in (h, t)}
+        assert q.entity in named and named - on_path, q.text  # the start entity and a second, off-path entity
+        assert q.answer not in named and ",?" not in q.text and q.text.count(",") >= 1
+    with pytest.raises(ValueError, match="max_start_passages"):
+        w.questions("2hop", 5, max_start_passages=0)
+    with pytest.raises(ValueError, match="context"):
+        w.questions("2hop", 5, context="yes")  # type: ignore[arg-type]
+
+
+def test_link_entities_needs_a_capital_or_digit():
+    lex = {"of": "org:1", "alice smith": "p", "2015 fair": "e"}
+    assert link_entities("Where was the spouse of Alice Smith born?", lex) == ["alice smith"]
+    assert link_entities("Who founded OF, and who ran the 2015 Fair?", lex) == ["of", "2015 fair"]

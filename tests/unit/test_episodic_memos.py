@@ -11,13 +11,20 @@ from torch import nn
 
 from labkit.episodic.memos import (
     POLICIES,
+    SWEEP_SOURCES,
+    UNRELIABLE,
     Claim,
     FactMemory,
     MemOS,
+    activation_benchmark,
     clash_experiment,
+    coherence_sweep,
     fact_stream,
     kv_from_tensors,
     kv_to_tensors,
+    lora_tensors,
+    merge_lora,
+    noise_sweep,
     resolve,
     stream_experiment,
 )
@@ -191,6 +198,9 @@ def test_policies_on_hand_made_conflicts():
     # partial support weighs half; a tie goes to the newest
     assert resolve([_c("P", 0), _c("Q", 1, s=0.5)], "credibility") == "P"
     assert resolve([_c("P", 0), _c("Q", 1)], "credibility") == "Q"
+    # majority ignores sources: two forum posts outvote one registry entry
+    assert resolve(claims, "majority") == "B"
+    assert resolve([_c("A", 0, "registry", 0.95), _c("B", 1, "forum", 0.55)], "majority") == "B"  # tie: newest
     assert math.isclose(_c("P", 0, r=0.5).weight, 0.05)
 
 
@@ -200,7 +210,7 @@ def test_fact_memory_history_matches_policy():
     world = make_world(3, n_people=12, n_places=8, n_orgs=6, n_events=0, change_rate=0.8)
     stream = fact_stream(world, seed=3, claims_per_fact=3)
     g = np.random.default_rng(0)
-    for policy in ("lww", "credibility", "recency_vote"):
+    for policy in ("lww", "majority", "credibility", "recency_vote"):
         with MemoryStore(":memory:") as store:
             fm = FactMemory(MemOS(store), policy, half_life=200.0)
             changes = sum(fm.ingest(s, r, c) for s, r, c in stream)
@@ -225,6 +235,8 @@ def test_clash_behaviour():
     tab = res["table"]
     assert all(tab[c]["fww"]["memorization"] == 1.0 for c in tab)  # stubborn
     assert all(tab[c]["lww"]["memorization"] == 0.0 for c in tab if "supporting" not in c)  # receptive
+    assert tab["1 counter + 1 supporting"]["majority"]["memorization"] == 1.0  # 2 votes to 1
+    assert tab["3 coherent counters"]["majority"]["memorization"] == 0.0
     cred = {c: tab[c]["credibility"]["memorization"] for c in tab}
     assert cred["1 coherent counter"] < cred["1 partial counter"]  # coherence convinces
     assert cred["3 coherent counters"] < cred["1 coherent counter"]  # more evidence convinces more
@@ -255,7 +267,7 @@ def test_bad_arguments(mem):
     with pytest.raises(KeyError):
         mem.read(10_000)
     with pytest.raises(ValueError, match="policy"):
-        resolve([], "majority")
+        resolve([], "plurality")
     with pytest.raises(ValueError, match="half_life"):
         resolve([], "lww", half_life=0)
     with pytest.raises(ValueError, match="reliability"):
@@ -273,3 +285,91 @@ def test_bad_arguments(mem):
     with pytest.raises(ValueError, match="claims_per_fact"):
         fact_stream(None, claims_per_fact=0)
     assert mem.store.integrity_check() == "ok"
+
+
+def test_size_promote_and_schedule(tmp_path):
+    from labkit.models import load, tokenizer
+
+    model = load("tinylm-draft")
+    with MemoryStore(tmp_path / "s.db") as store:
+        mem = MemOS(store)
+        hot, cold = mem.create("Ana lives in Rome.", now=0.0), mem.create("Bob works at Corvane.", now=0.0)
+        assert mem.size(hot) == {"text": 18, "tensors": 0, "all_versions": 0}
+        for _ in range(3):
+            mem.read(hot)
+        mem.read(cold)
+        promoted = mem.schedule(model, min_access=3)
+        assert list(promoted) == [hot]
+        act = mem.get(promoted[hot])
+        assert act.memory_type == "activation" and act.content == "Ana lives in Rome."
+        assert act.meta["derived_from"] == hot and act.meta["length"] == len(tokenizer.encode(act.content))
+        cfg = model.config
+        per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 + 2 * 8  # K, V float32 + token, position
+        assert mem.size(act.id)["tensors"] == per_token * act.meta["length"]
+        assert [(lk.src, lk.kind) for lk in store.links(hot, direction="in")] == [(act.id, "derived_from")]
+        assert mem.schedule(model, min_access=3) == {}  # already promoted
+        mem.update(hot, "Ana lives in Oslo.", now=5.0)  # the source changed: the cache is stale
+        again = mem.schedule(model, min_access=3)
+        assert mem.get(act.id).status == "archived" and list(again) == [hot]
+        assert mem.get(again[hot]).content == "Ana lives in Oslo."
+        with pytest.raises(ValueError, match="must be a plaintext"):
+            mem.promote(again[hot], model)
+        with pytest.raises(ValueError, match="min_access"):
+            mem.schedule(model, min_access=0)
+
+
+def test_lora_cube_changes_the_model(mem):
+    from labkit.models import load
+
+    model = load("tinylm-draft")
+    ad = lora_tensors(model, rank=2, seed=0)
+    assert len(ad) == 4 * model.config.n_layers and all(v.shape[0] == 2 or v.shape[1] == 2 for v in ad.values())
+    cid = mem.create("rank-2 adapter", "parametric", tensors=ad)
+    back = mem.read(cid).tensors
+    assert mem.size(cid)["tensors"] == sum(v.numel() * 4 for v in ad.values())
+    x = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base, merged = model(x), merge_lora(model, back)(x)
+        zero = merge_lora(model, back, alpha=0.0)(x)
+    assert torch.equal(zero, base) and not torch.allclose(merged, base, atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(model(x), base)  # the original model is untouched
+    with pytest.raises(ValueError, match="match no"):
+        lora_tensors(model, targets=("nope",))
+
+
+def test_noise_sweep_degrades_and_ranks():
+    res = noise_sweep(seed=0, n_people=20, shares=(0.0, 0.5, 1.0))
+    wrong = res["wrong_share"]
+    assert wrong[0] < wrong[1] < wrong[2]  # more unreliable claims, more contradictions
+    pol = res["policies"]
+    for p in ("lww", "majority", "recency_vote"):
+        assert pol[p]["current"][0] > pol[p]["current"][2], p
+    assert pol["recency_vote"]["current"][1] > pol["lww"]["current"][1]
+    assert pol["recency_vote"]["current"][1] > pol["fww"]["current"][1]
+    assert set(UNRELIABLE) < set(SWEEP_SOURCES)
+    with pytest.raises(ValueError, match="shares"):
+        noise_sweep(shares=(1.5,))
+    with pytest.raises(ValueError, match="unknown sources"):
+        fact_stream(None, source_probs={"oracle": 1.0})
+
+
+def test_coherence_sweep_shapes_the_credibility_policy():
+    res = coherence_sweep(seed=0, n_people=30, strengths=(0.1, 0.5, 1.0))
+    cred0, cred1 = res["curves"]["0 supporting"]["credibility"], res["curves"]["1 supporting"]["credibility"]
+    assert cred0[0] > cred0[1] > cred0[2]  # the more coherent the evidence, the less the memory is kept
+    assert all(b >= a for a, b in zip(cred0, cred1))  # a memory-consistent passage keeps it more
+    assert res["curves"]["0 supporting"]["fww"] == [1.0] * 3 and res["curves"]["0 supporting"]["lww"] == [0.0] * 3
+    with pytest.raises(ValueError, match="strengths"):
+        coherence_sweep(strengths=(1.5,))
+
+
+def test_activation_benchmark_small():
+    res = activation_benchmark("tinylm-draft", lengths=(4, 20), repeats=1)
+    assert [r["tokens"] for r in res["rows"]] == [4, 20]
+    for r in res["rows"]:
+        assert r["max_abs_diff"] < 1e-4 and r["same_argmax"]
+        assert r["recompute"] > 0 and r["load"] >= r["in_ram"] > 0
+    assert res["rows"][1]["kv_bytes"] == 5 * res["rows"][0]["kv_bytes"]
+    with pytest.raises(ValueError, match="lengths"):
+        activation_benchmark("tinylm-draft", lengths=(500,))

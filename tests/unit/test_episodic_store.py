@@ -424,3 +424,18 @@ def test_busy_error_after_retry_deadline(tmp_path):
         assert s.count() == 0
         s.add_note("now it works")
         assert s.count() == 1
+
+
+def test_benchmark_results_found_from_the_package_and_by_path(tmp_path, monkeypatch):
+    from labkit.episodic.store import benchmark_results
+
+    monkeypatch.chdir(tmp_path)  # not inside the repository: found next to the package
+    res = benchmark_results()
+    assert res["benchmark"] == "episodic_store" and [r["n_notes"] for r in res["sizes"]] == [10_000, 100_000]
+    for r in res["sizes"]:
+        assert r["ingest_batched_notes_per_s"] > 0 and r["dense"]["median_ms"] > 0 and r["keyword"]["median_ms"] > 0
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"benchmark": "episodic_store", "sizes": []}))
+    assert benchmark_results(own)["sizes"] == []
+    with pytest.raises(FileNotFoundError, match="benchmarks/episodic_store.py"):
+        benchmark_results(tmp_path / "missing.json")

@@ -8,6 +8,7 @@ import torch
 
 from labkit.episodic.streaming import (
     MEMORIES,
+    RECENT,
     CompressiveMemory,
     FIFOMemory,
     LearnedNLI,
@@ -129,6 +130,18 @@ def test_queries_with_full_memory_are_answered():
     assert res["count"] >= 0.95
     small = _run(FIFOMemory(8, 64), stream.frames)
     assert answer_queries(small, stream.prototypes, q, 400)["event_at"] < 0.5
+    # "present" asks about the last RECENT frames: a short FIFO answers it, however long the stream
+    assert all(now - RECENT <= t < now for now in (400,) for t, _ in q["present"])
+    assert answer_queries(_run(FIFOMemory(RECENT, 64), stream.frames), stream.prototypes, q, 400)["present"] >= 0.95
+
+
+def test_batched_nli_matches_single_calls():
+    model = LearnedNLI(seed=0).fit(nli_pairs(200, np.random.default_rng(0)), epochs=5)
+    pairs = [("i have a dog .", "i have a cat ."), ("i live in oslo .", "i never drink tea .")]
+    for checker in (model, RuleNLI()):
+        batch = checker.pair_probs(pairs)
+        single = np.concatenate([checker.probs([f], r) for f, r in pairs])
+        assert np.allclose(batch, single, atol=1e-6)
 
 
 def test_consistency_label_and_rule_nli():
