@@ -10,6 +10,12 @@
 - ``sparsey``: a simplified Sparsey coding field (Rinkus): Q winner-take-all modules of K cells, familiarity-gated
   noise in code selection (similar inputs → similar codes, novel inputs → random codes), single-trial Hebbian
   learning, best-match retrieval.
+- ``multitask``: the multitasking Hebbian network (Agliari et al.): diluted patterns, Hebbian couplings from
+  patterns or from noisy examples (supervised / unsupervised), Glauber dynamics, Mattis magnetizations, the
+  hierarchical and parallel regimes with their low-storage mean-field theory.
+- ``tensor_brain``: a small Tensor Brain (Tresp et al.): an index layer of symbols with embeddings over a
+  representation layer, serial semantic decoding of triples, episodic memory as time indices, semantic memory as
+  what episodes share; one index-layer step is one modern-Hopfield retrieval.
 - ``mbat``: MBAT vector symbolic architecture (Gallant & Okaywe): binding by random Gaussian vs orthogonal
   matrices, bundling by sums, stability with binding depth, JSON records as vectors, searched by linear algebra.
 
@@ -21,11 +27,13 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("hopfield", "mbat", "sdr", "sparsey")
+_MODULES = ("hopfield", "mbat", "multitask", "sdr", "sparsey", "tensor_brain")
 _NAMES = {
     "async_recall": "hopfield",
     "capacity_experiment": "hopfield",
     "energy": "hopfield",
+    "energy_path": "hopfield",
+    "modern_capacity_bound": "hopfield",
     "modern_capacity_experiment": "hopfield",
     "modern_energy": "hopfield",
     "modern_retrieve": "hopfield",
@@ -38,6 +46,27 @@ _NAMES = {
     "depth_stability": "mbat",
     "record_search_experiment": "mbat",
     "unbind": "mbat",
+    "MultitaskNetwork": "multitask",
+    "cue_state": "multitask",
+    "diluted_patterns": "multitask",
+    "make_examples": "multitask",
+    "mattis": "multitask",
+    "hierarchical_magnetizations": "multitask",
+    "hierarchical_threshold": "multitask",
+    "mean_field": "multitask",
+    "regime": "multitask",
+    "dilution_experiment": "multitask",
+    "phase_diagram": "multitask",
+    "learning_experiment": "multitask",
+    "learning_threshold": "multitask",
+    "dilution_figure": "multitask",
+    "TensorBrain": "tensor_brain",
+    "TensorBrainWorld": "tensor_brain",
+    "make_world": "tensor_brain",
+    "index_posterior": "tensor_brain",
+    "perception_experiment": "tensor_brain",
+    "semantic_experiment": "tensor_brain",
+    "episodic_experiment": "tensor_brain",
     "false_match_experiment": "sdr",
     "false_match_probability": "sdr",
     "overlap": "sdr",

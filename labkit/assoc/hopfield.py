@@ -29,6 +29,16 @@ prove that ``exp(α N)`` random ±1 patterns can be stored and recovered from ρ
 ``α < I(1 − 2ρ)/2`` with ``I(x) = ½((1+x)ln(1+x) + (1−x)ln(1−x))`` (``demircigil_capacity``; ``2^{N/2}`` at ρ = 0),
 and Ramsauer et al. give a similar exponential bound for continuous patterns on a sphere.
 ``modern_capacity_experiment`` measures recall vs load where the classical network has long failed.
+
+How sharp must the softmax be? One update from a cue ξ with a fraction f of wrong bits returns exactly the target's
+signs when the target's softmax weight exceeds ½ (the other patterns together then cannot outvote any bit). With
+w_μ = exp(β x_μᵀ ξ), a random ±1 pattern has ``E w_μ = cosh(β)^N`` and the target has ``w_t = exp(β N (1 − 2f))``,
+so to first moment recall holds while ``(P − 1) cosh(β)^N < exp(β N (1 − 2f))`` (``modern_capacity_bound``). The
+exponent ``N (β (1 − 2f) − ln cosh β)`` is largest at ``β* = atanh(1 − 2f)``, where it equals ``N I(1 − 2f)``: the
+exponent of Demircigil et al. without their ½ (they ask every pattern to be a fixed point at once; here one cue is
+asked to come back). Above β* the average is carried by rare patterns closer to the cue than typical, which a
+finite store does not hold, and the bound stays at its value at β*. It is a sufficient condition, so it sits below
+measured recall. ``energy_path`` draws both energies along a path of bit flips between two stored patterns.
 """
 
 from __future__ import annotations
@@ -59,10 +69,12 @@ __all__ = [
     "capacity_experiment",
     "demircigil_capacity",
     "energy",
+    "energy_path",
     "flip_cue",
     "hebbian_weights",
     "hopfield_recall",
     "hopfield_step",
+    "modern_capacity_bound",
     "modern_capacity_experiment",
     "modern_energy",
     "modern_retrieve",
@@ -326,4 +338,49 @@ def modern_capacity_experiment(loads: Sequence[float], N: int, beta: float = 1.0
             final, _ = sync_recall(hebbian_weights(patterns), cue)
             out["classical"][s, j] = recall_fraction(final, probe, tolerance)
     out["load"] = loads
+    return out
+
+
+def modern_capacity_bound(N: int, flips: int, beta: float) -> float:
+    """First-moment estimate of how many random ±1 patterns one modern update (``modern_retrieve``, raw dot products
+    scaled by ``beta``) recalls exactly from a cue with ``flips`` wrong bits: the target's softmax weight exceeds ½
+    when ``(P − 1) cosh(β)^N < exp(β N (1 − 2f))``, f = flips / N, so
+
+        P_max(β) = 1 + exp(N [β' (1 − 2f) − ln cosh β']),   β' = min(β, atanh(1 − 2f)),
+
+    which at β' = atanh(1 − 2f) is ``1 + exp(N I(1 − 2f))`` (= 1 + ``demircigil_capacity(N, f)``²). A sufficient
+    condition on average, not a sharp threshold (see the module docstring). beta > 0 (``math.inf`` allowed)."""
+    N = _int("N", N)
+    if isinstance(flips, bool) or not isinstance(flips, numbers.Integral) or not 0 <= flips < N / 2:
+        raise ValueError(f"flips must be an integer in 0..N/2 (exclusive) = 0..{(N - 1) // 2}, got {flips!r}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or math.isnan(beta) or not beta > 0:
+        raise ValueError(f"beta must be a number > 0, got {beta!r}")
+    x = 1.0 - 2.0 * flips / N
+    b = min(float(beta), math.atanh(x)) if x < 1 else float(beta)
+    # ln cosh b = b + log1p(e^{-2b}) - ln 2 (stable for large b)
+    exponent = N * (b * x - (b + math.log1p(math.exp(-2.0 * b)) - math.log(2.0)))
+    return 1.0 + math.exp(exponent)
+
+
+def energy_path(X, start: int, end: int, beta: float | None = None) -> dict[str, np.ndarray]:
+    """Energies along a path of single bit flips from the stored pattern ``X[start]`` to ``X[end]``.
+
+    X: (P, N) stored ±1 patterns (rows); state k of the path agrees with ``X[end]`` on the first k of the D bits where
+    the two patterns differ (in index order) and with ``X[start]`` elsewhere, k = 0..D. Returns {"k" (D+1,),
+    "overlap" (D+1,) = state·X[start]/N, "classical" (D+1,) = ``energy`` of the Hebbian network of all of X, per unit
+    (E/N), and with ``beta`` "modern" (D+1,) = ``modern_energy(X, state, beta)`` per unit}."""
+    X, _ = _pm1("X", X)
+    P, N = X.shape
+    for name, idx in (("start", start), ("end", end)):
+        if isinstance(idx, bool) or not isinstance(idx, numbers.Integral) or not 0 <= idx < P:
+            raise ValueError(f"{name} must be a pattern index in 0..P-1 = 0..{P - 1}, got {idx!r}")
+    diff = torch.nonzero(X[start] != X[end]).flatten()
+    states = X[start].repeat(diff.numel() + 1, 1)
+    for k in range(1, diff.numel() + 1):
+        states[k:, diff[k - 1]] = X[end, diff[k - 1]]
+    W = hebbian_weights(X)
+    out = {"k": np.arange(diff.numel() + 1), "overlap": (states @ X[start] / N).numpy(),
+           "classical": (energy(W, states) / N).numpy()}
+    if beta is not None:
+        out["modern"] = (modern_energy(X, states, beta) / N).numpy()
     return out

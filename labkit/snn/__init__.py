@@ -12,6 +12,12 @@
   One simulation step is done by the fused kernels ``labkit.kernels.lif_step`` (neurons + traces + STDP) and
   ``labkit.kernels.spike_propagate`` (event-driven scatter of the spiking rows into the delay ring buffer).
 
+- ``hlop``: Hebbian learning based orthogonal projection (Xiao et al.): lateral neurons that learn the principal
+  subspace of each layer's inputs by a Hebbian (Oja / Sanger) rule, optionally spiking, and the projection of
+  later tasks' weight updates out of it; experiments on split-digits against naive training and an SVD projection.
+- ``figures``: the small experiments behind the chapter's first figures (exact vs Euler integration, STDP pairs,
+  correlated inputs selected by STDP, the share of synapses event-driven propagation touches).
+
 The submodules are imported on first use (``labkit.snn.Network`` imports ``labkit.snn.network``), so importing
 ``labkit.snn`` costs nothing until a name is asked for.
 """
@@ -21,6 +27,9 @@ from __future__ import annotations
 import importlib
 
 _NAMES = {
+    "HebbianSubspace": "hlop",
+    "hlop_experiment": "hlop",
+    "principal_angles": "hlop",
     "LIFCoeffs": "lif",
     "LIFParams": "lif",
     "STDPCoeffs": "lif",
@@ -33,6 +42,7 @@ _NAMES = {
     "SynapseGroup": "network",
 }
 
+_MODULES = ("figures", "hlop", "lif", "network")
 __all__ = sorted(_NAMES)
 
 
@@ -40,10 +50,10 @@ def __getattr__(name: str):
     if name in _NAMES:
         module = importlib.import_module(f"labkit.snn.{_NAMES[name]}")
         return getattr(module, name)
-    if name in ("lif", "network"):
+    if name in _MODULES:
         return importlib.import_module(f"labkit.snn.{name}")
     raise AttributeError(f"module 'labkit.snn' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, "lif", "network"])
+    return sorted([*__all__, *_MODULES])

@@ -5,6 +5,7 @@ at loads where the classical one has failed."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -123,4 +124,65 @@ def test_flip_cue_and_recall_fraction():
 )
 def test_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
+        call()
+
+
+def test_modern_capacity_bound_closed_form():
+    # at and above β* = atanh(1 − 2f) the bound is 1 + exp(N I(1 − 2f)) = 1 + demircigil_capacity²
+    N, flips = 32, 8
+    beta_star = math.atanh(1 - 2 * flips / N)
+    top = 1 + hf.demircigil_capacity(N, flips / N) ** 2
+    for beta in (beta_star, 2 * beta_star, 50.0, math.inf):
+        assert hf.modern_capacity_bound(N, flips, beta) == pytest.approx(top, rel=1e-9)
+    # a hand value: N = 4, no flips, β = 1: 1 + exp(4 (1 − ln cosh 1))
+    assert hf.modern_capacity_bound(4, 0, 1.0) == pytest.approx(1 + math.exp(4 * (1 - math.log(math.cosh(1.0)))))
+    # it grows with β up to β*, and tends to 2 as β → 0 (uniform weights: only the target alone is safe)
+    betas = np.linspace(0.01, beta_star, 40)
+    values = [hf.modern_capacity_bound(N, flips, b) for b in betas]
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+    assert hf.modern_capacity_bound(N, flips, 1e-9) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_modern_capacity_bound_ingredient_and_sufficiency():
+    # the ingredient: a random ±1 pattern has E exp(β x·ξ) = cosh(β)^N; exact by enumerating all patterns
+    N, beta = 8, 0.37
+    allp = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=N)), dtype=torch.float64)
+    xi = torch.as_tensor(data.binary_patterns(1, N, 0))[0]
+    assert float(torch.exp(beta * allp @ xi).mean()) == pytest.approx(math.cosh(beta) ** N, rel=1e-12)
+    # sufficiency: at P = the bound, one update still recalls at least half of the cues
+    for beta in (0.2, 0.4, 1.0):
+        P = int(hf.modern_capacity_bound(32, 8, beta))
+        r = hf.modern_capacity_experiment([P / 32], N=32, beta=beta, flips=8, n_seeds=3, seed=1)
+        assert r["recalled"].mean() >= 0.5, (beta, P, r["recalled"])
+
+
+def test_energy_path():
+    X = patterns(20, 100, seed=11)
+    r = hf.energy_path(X, 0, 1, beta=1.0)
+    D = int((X[0] != X[1]).sum())
+    assert r["k"].tolist() == list(range(D + 1))
+    assert np.allclose(np.diff(r["overlap"]), -2 / 100)  # one bit per step, away from X[0]
+    assert r["overlap"][0] == 1.0 and r["overlap"][-1] == pytest.approx(float(X[0] @ X[1]) / 100)
+    W = hf.hebbian_weights(X)
+    assert r["classical"][0] == pytest.approx(float(hf.energy(W, X[0])) / 100)
+    assert r["classical"][-1] == pytest.approx(float(hf.energy(W, X[1])) / 100)
+    assert r["modern"][0] == pytest.approx(float(hf.modern_energy(X, X[0], 1.0)) / 100)
+    # at load 0.2 both stored patterns are minima along the path, and the modern wells are linear: 2/N per flip
+    assert r["classical"][1] > r["classical"][0] and r["classical"][-2] > r["classical"][-1]
+    np.testing.assert_allclose(np.diff(r["modern"][:5]), 2 / 100, rtol=1e-6)
+    assert "modern" not in hf.energy_path(X, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: hf.modern_capacity_bound(32, 16, 1.0), r"flips must be an integer in 0..N/2"),
+        (lambda: hf.modern_capacity_bound(32, 4, 0.0), r"beta must be a number > 0"),
+        (lambda: hf.modern_capacity_bound(0, 0, 1.0), r"N must be an integer >= 1"),
+        (lambda: hf.energy_path(torch.ones(2, 4), 0, 2), r"end must be a pattern index in 0..P-1 = 0..1"),
+        (lambda: hf.energy_path(torch.zeros(2, 4), 0, 1), r"only \+1 and -1"),
+    ],
+)
+def test_bad_inputs_bound_and_path(call, message):
+    with pytest.raises(ValueError, match=message):
         call()
