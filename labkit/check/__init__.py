@@ -126,6 +126,13 @@ def expect_close(name: str, actual, expected, atol: float = 1e-6, rtol: float = 
            f"{name} has shape {actual.shape}, expected {expected.shape}. {hint}".strip())
     if not np.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=False):
         err = np.abs(actual - expected)
+        bad = ~np.isfinite(actual) & np.isfinite(expected)
+        if bad.any():  # a nan/inf answer: name its first position (nanargmax fails on an all-nan slice)
+            worst = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            raise AssertionError(
+                f"Exercise {_context.label}: {name} has {int(bad.sum())} non-finite value(s) (first at index "
+                f"{tuple(int(i) for i in worst)}: got {actual[worst]}, expected {expected[worst]:.6g}). {hint}".strip()
+            )
         worst = np.unravel_index(int(np.nanargmax(err)), err.shape) if err.size else ()
         raise AssertionError(
             f"Exercise {_context.label}: {name} is off by up to {np.nanmax(err):.3g} "

@@ -132,3 +132,14 @@ def test_expect_close_reports_shape_and_worst_entry():
         check(np.zeros(3))
     with pytest.raises(AssertionError, match="index \\(2,\\)"):
         check(np.array([0.0, 1.0, 5.0, 3.0]))
+
+
+def test_expect_close_names_a_nan_answer_instead_of_crashing():
+    @exercise("9.3", "nan")
+    def check(x):
+        expect_close("x", x, np.arange(4.0))
+
+    with pytest.raises(AssertionError, match="4 non-finite"):
+        check(np.full(4, np.nan))
+    with pytest.raises(AssertionError, match="non-finite.*index \\(1,\\)"):
+        check(np.array([0.0, np.inf, 2.0, 3.0]))
