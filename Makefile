@@ -10,6 +10,8 @@ PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 INSTALLED := $(VENV)/.installed
 JOBS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
+# numpy's BLAS: the test workers run side by side on few cores; threads of their own only contend
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: setup test test-fast lint book lab bench assign gpu-check stamp strip clean
 
