@@ -12,6 +12,10 @@
   One simulation step is done by the fused kernels ``labkit.kernels.lif_step`` (neurons + traces + STDP) and
   ``labkit.kernels.spike_propagate`` (event-driven scatter of the spiking rows into the delay ring buffer).
 
+- ``cam``: the CA3 content-addressable memory of Casanueva-Morato et al.: cue and content populations with the
+  gating cells of the paper's model, 1 ms steps, learn / recall by cue / recall by content / forget by relearning
+  as scheduled operations (``CA3Memory.run``); the paper's functional, stress and application tests, a scale-up to
+  64 cues x 256 bits and a capacity run, with the conversions from SpiNNaker's conventions documented.
 - ``hlop``: Hebbian learning based orthogonal projection (Xiao et al.): lateral neurons that learn the principal
   subspace of each layer's inputs by a Hebbian (Oja / Sanger) rule, optionally spiking, and the projection of
   later tasks' weight updates out of it; experiments on split-digits against naive training and an SVD projection.
@@ -27,6 +31,12 @@ from __future__ import annotations
 import importlib
 
 _NAMES = {
+    "CA3Memory": "cam",
+    "CA3Params": "cam",
+    "Learn": "cam",
+    "OpResult": "cam",
+    "RecallContent": "cam",
+    "RecallCue": "cam",
     "HebbianSubspace": "hlop",
     "hlop_experiment": "hlop",
     "principal_angles": "hlop",
@@ -42,7 +52,7 @@ _NAMES = {
     "SynapseGroup": "network",
 }
 
-_MODULES = ("figures", "hlop", "lif", "network")
+_MODULES = ("cam", "figures", "hlop", "lif", "network")
 __all__ = sorted(_NAMES)
 
 
