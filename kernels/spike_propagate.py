@@ -101,6 +101,28 @@ def _csr_scatter(buf, t, rows, indptr, indices, w, delays, d_all):  # pragma: no
             buf[(t + d) % D, indices[e]] += w[e]
 
 
+def _csr_codes(D: int, N: int, indices: np.ndarray, delays) -> np.ndarray:
+    """The packed targets code[e] = d_e·N + j_e of CSR synapses (int32 when D·N fits, else int64), for a simulator
+    that propagates through the same synapses every step: one load per synapse instead of two, no modulo."""
+    dtype = np.int32 if D * N < 2**31 else np.int64
+    return (np.asarray(delays, dtype=np.int64) * N + indices.astype(np.int64)).astype(dtype)
+
+
+@njit(cache=True)
+def _csr_scatter_packed(flat, base, rows, indptr, code, w):  # pragma: no cover - compiled
+    """``_csr_scatter`` on the flat ring buffer flat (D·N,) with base = (t mod D)·N and code from ``_csr_codes``:
+    slot (t + d) mod D, column j is flat[base + d·N + j], wrapped by one subtraction of D·N (d <= D − 1). The same
+    additions in the same order as ``_csr_scatter``."""
+    DN = flat.size
+    for r in range(rows.size):
+        i = rows[r]
+        for e in range(indptr[i], indptr[i + 1]):
+            k = base + code[e]
+            if k >= DN:
+                k -= DN
+            flat[k] += w[e]
+
+
 @njit(parallel=True, cache=True)
 def _dense_scatter(buf, t, rows, W, delays, d_all):  # pragma: no cover - compiled
     """buf (D, N); rows (S,) int64; W (M, N); delays (M, N) int64 or (0, 0) (then d_all for all)."""

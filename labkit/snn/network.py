@@ -138,6 +138,7 @@ class Network:
         self.groups: list[SynapseGroup] = []
         self.step_count = 0  # n: the state is at t_n = n·dt
         self._D: int | None = None  # ring-buffer slots, fixed by the first run
+        self._packed: dict = {}  # id(CSR group) -> (key, indptr, packed targets) for the Numba loop
 
     # ---- building ------------------------------------------------------------------------------------
 
@@ -374,6 +375,9 @@ class Network:
         spk_ids = {p.name: [] for p in pops}
         v_steps = {p.name: [] for p in lifs}
         v_vals = {p.name: [] for p in lifs}
+        if backend == "numba":  # the same steps, with the compiled kernels called directly (checked once per run)
+            self._run_numba(bar, n_steps, lifs, fused, separate, coeffs, stdp, spk_steps, spk_ids, v_steps, v_vals)
+            bar = ()
         for _ in bar:
             n = self.step_count
             spikes = {}
@@ -418,6 +422,117 @@ class Network:
             if p.kind == "lif" and v_steps[p.name]:
                 p._v_log.append((np.asarray(v_steps[p.name], np.int64), np.stack(v_vals[p.name])))
         return self
+
+    def _run_numba(self, bar, n_steps, lifs, fused, separate, coeffs, stdp, spk_steps, spk_ids, v_steps, v_vals):
+        """``run``'s loop on the CPU with the Numba backend: the same kernels in the same order as the generic loop
+        (``lif_step``'s and ``spike_propagate``'s Numba implementations), with their arguments prepared once per run
+        instead of checked and converted every step: numpy views of the state, each population's spiking indices
+        found once per step, CSR targets packed as d·N + j (cached while the synapses are unchanged)."""
+        from labkit.kernels.lif_step import _check_vec, _consts, _lif_step, lif_step, stdp_step
+        from labkit.kernels.spike_propagate import _csr_scatter_packed, _dense_scatter
+
+        D = self._D
+        pops = list(self.populations.values())
+        n0 = self.step_count
+        plastic = {id(g.pre) for g in self.groups if g.stdp is not None} | {
+            id(g.post) for g in self.groups if g.stdp is not None}
+        lif_args, spiked = {}, {}
+        for p in lifs:
+            npdt = p.v.numpy().dtype
+            spiked[id(p)] = np.empty(p.n, np.bool_)
+            if p.i_ext is not None:  # settable between runs: the check of lif_step
+                _check_vec("i_ext", p.i_ext, p.n, self.dtype, self.device)
+            i_ext = np.zeros(p.n, npdt) if p.i_ext is None else np.ascontiguousarray(p.i_ext.numpy())
+            lif_args[id(p)] = (p.v.numpy(), p.I.numpy(), p.refrac.numpy(), p.buffer.numpy(), i_ext,
+                               _consts(coeffs[id(p)], self.dtype, "cpu").numpy(), int(coeffs[id(p)].n_ref),
+                               spiked[id(p)], np.empty((0, 0), npdt), np.empty(0, npdt), np.empty(0, npdt),
+                               np.empty(0, np.bool_), True, np.zeros(6, npdt))
+        sources = {}
+        for p in pops:
+            if p.kind == "source":  # a neuron listed twice in one step spikes once, as in _source_spikes
+                steps, ids = p.source_steps, p.source_neurons
+                keep = np.ones(steps.size, bool)
+                keep[1:] = (steps[1:] != steps[:-1]) | (ids[1:] != ids[:-1])
+                steps, ids = steps[keep], ids[keep]
+                sources[id(p)] = (ids, np.searchsorted(steps, np.arange(n0 + 1, n0 + n_steps + 2)))
+        prop = [(g, self._numba_synapses(g)) for g in self.groups]
+        voltage = [(p, p.v.numpy(), p.voltage_idx.numpy()) for p in lifs if p.voltage_idx is not None]
+        recorded = [p for p in pops if p.record_spikes]
+        key = {id(p): k for k, p in enumerate(pops)}  # the loop indexes populations by position
+        src_plan = [(key[id(p)], *sources[id(p)], id(p) in plastic, p.n) for p in pops if p.kind == "source"]
+        lif_plan = [(key[id(p)], p, lif_args[id(p)], spiked[id(p)], fused.get(id(p)), id(p) in plastic) for p in lifs]
+        sep_plan = [(g, key[id(g.pre)], key[id(g.post)]) for g in separate]
+        prop_plan = [(key[id(g.pre)], g.dense, syn, g.post.n) for g, syn in prop]
+        rec_plan = [(key[id(p)], p.name) for p in recorded]
+        rec_steps = {p.name: [] for p in recorded}
+        rec_counts = {p.name: [] for p in recorded}
+        idx = [None] * len(pops)
+        spikes = [None] * len(pops)  # torch bool masks, for the populations that STDP reads
+        for m in bar:
+            n = n0 + m
+            for q, ids, bounds, is_plastic, size in src_plan:
+                idx[q] = ids[bounds[m]:bounds[m + 1]]
+                if is_plastic:
+                    mask = torch.zeros(size, dtype=torch.bool)
+                    mask[torch.from_numpy(idx[q])] = True
+                    spikes[q] = mask
+            for q, p, a, spk, g, is_plastic in lif_plan:
+                if g is None:
+                    slot = a[3][n % D]
+                    _lif_step(a[0], a[1], a[2], slot, *a[4:])
+                    slot.fill(0)
+                    if is_plastic:
+                        spikes[q] = torch.from_numpy(spk.copy())
+                else:
+                    slot = p.buffer[n % D]
+                    spikes[q] = lif_step(p.v, p.I, p.refrac, slot, coeffs[id(p)], p.i_ext, W=g.W, x=g.x, y=g.y,
+                                         pre_spiked=None if g.pre is p else spikes[key[id(g.pre)]], stdp=stdp[id(g)],
+                                         backend="numba")
+                    slot.zero_()
+                    spk = spikes[q].numpy()
+                idx[q] = np.flatnonzero(spk)
+            for g, q_pre, q_post in sep_plan:
+                stdp_step(g.W, g.x, g.y, spikes[q_pre], spikes[q_post], stdp[id(g)], backend="numba")
+            for q, dense, syn, n_post in prop_plan:
+                rows = idx[q]
+                if rows.size:
+                    if dense:
+                        _dense_scatter(syn[0], n + 1, rows, *syn[1:])
+                    else:
+                        _csr_scatter_packed(syn[0], ((n + 1) % D) * n_post, rows, *syn[1:])
+            for q, name in rec_plan:
+                if idx[q].size:  # fresh arrays (flatnonzero) or views of this run's source arrays: kept as they are
+                    spk_ids[name].append(idx[q])
+                    rec_steps[name].append(n + 1)
+                    rec_counts[name].append(idx[q].size)
+            for p, v, vi in voltage:
+                v_steps[p.name].append(n + 1)
+                v_vals[p.name].append(v[vi])
+            self.step_count = n + 1
+        for name, steps in rec_steps.items():
+            if steps:
+                spk_steps[name].append(np.repeat(np.asarray(steps, np.int64), rec_counts[name]))
+
+    def _numba_synapses(self, g: SynapseGroup) -> tuple:
+        """The arguments of the Numba scatter of group g after the buffer: dense (buffer (D, N), W, delays (M, N) or
+        (0, 0), d_all); CSR (flat buffer (D·N,), indptr, code, weights) with code = d·N + j, cached on the network
+        while indices and delays are the same tensors, unmodified (their data pointer and version)."""
+        from labkit.kernels.spike_propagate import _csr_codes
+
+        D, N = self._D, g.post.n
+        buf = g.post.buffer.numpy()
+        per = isinstance(g.delays, torch.Tensor)
+        if g.dense:
+            d = np.ascontiguousarray(g.delays.numpy()) if per else np.zeros((0, 0), np.int64)
+            return buf, np.ascontiguousarray(g.W.numpy()), d, 0 if per else int(g.delays)
+        key = (g.indices.data_ptr(), g.indices._version, D) + (
+            (g.delays.data_ptr(), g.delays._version) if per else (int(g.delays),))
+        cache = self._packed
+        if cache.get(id(g), (None,))[0] != key:
+            code = _csr_codes(D, N, g.indices.numpy(), g.delays.numpy() if per else int(g.delays))
+            cache[id(g)] = (key, np.ascontiguousarray(g.indptr.numpy()), code)
+        _, indptr, code = cache[id(g)]
+        return buf.reshape(-1), indptr, code, np.ascontiguousarray(g.weights.numpy())
 
     # ---- results ---------------------------------------------------------------------------------------
 

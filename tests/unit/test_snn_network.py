@@ -242,3 +242,66 @@ def test_ten_thousand_neurons_one_million_synapses_numba():
     net.run(100.0)
     counts = net.spike_counts(pop)
     assert net.step_count == 100 and 0 < counts.sum() and (counts <= 100 // 3 + 1).all()  # refractory: ≤ 1 per 3
+
+
+def _random_network(backend: str, seed: int, dtype: torch.dtype, stdp: bool) -> Network:
+    """A small random network touching every feature the Numba fast path re-implements: several sources (with a
+    duplicate spike time), LIF populations with and without i_ext / refractory / recording / voltage monitors,
+    dense and CSR synapses with scalar or per-synapse delays (0 included) and one plastic group."""
+    rng = np.random.default_rng(seed)
+    net = Network(dt=1.0 if seed % 2 else 0.5, backend=backend, dtype=dtype)
+    pops = []
+    for s in range(rng.integers(1, 3)):
+        n = int(rng.integers(1, 8))
+        times = [list(rng.choice(np.arange(1, 40), size=rng.integers(0, 6)) * net.dt) for _ in range(n)]
+        if times[0]:
+            times[0] = times[0] + [times[0][0]]
+        pops.append(net.add_spike_source(f"s{s}", n, times, record_spikes=bool(rng.integers(0, 2)) or s == 0))
+    for k in range(rng.integers(1, 4)):
+        n = int(rng.integers(1, 30))
+        p = LIFParams(tau_m=float(rng.uniform(5, 20)), tau_s=float(rng.uniform(1, 8)), v_th=-55.0,
+                      t_ref=float(net.dt * rng.integers(0, 4)))
+        i_ext = rng.uniform(0, 12, n) if rng.integers(0, 2) else None
+        pop = net.add_lif(f"l{k}", n, p, v0=rng.uniform(-70, -56, n), i_ext=i_ext,
+                          record_spikes=bool(rng.integers(0, 3)))
+        if rng.integers(0, 2):
+            net.monitor_voltage(pop, rng.choice(n, size=min(n, 3), replace=False))
+        pops.append(pop)
+    lifs = [p for p in pops if p.kind == "lif"]
+    for k in range(rng.integers(1, 6)):
+        pre, post = pops[rng.integers(0, len(pops))], lifs[rng.integers(0, len(lifs))]
+        if rng.integers(0, 2):
+            W = rng.normal(2, 3, (pre.n, post.n)) * (rng.random((pre.n, post.n)) < 0.5)
+            d = int(rng.integers(0, 4)) if rng.integers(0, 2) else rng.integers(0, 4, (pre.n, post.n))
+            net.connect(pre, post, W, delay=d, name=f"g{k}")
+        else:
+            indptr = np.concatenate([[0], np.cumsum(rng.integers(0, 6, pre.n))])
+            idx, w = rng.integers(0, post.n, indptr[-1]), rng.normal(2, 3, indptr[-1])
+            d = int(rng.integers(0, 4)) if rng.integers(0, 2) else rng.integers(0, 4, indptr[-1])
+            net.connect(pre, post, (indptr, idx, w), delay=d, name=f"g{k}")
+    if stdp:
+        net.connect(pops[0], lifs[0], rng.uniform(0, 1, (pops[0].n, lifs[0].n)), delay=1, stdp=STDPParams(),
+                    name="plastic")
+    return net
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_numba_fast_path_is_bit_identical_to_the_torch_loop(seed):
+    dtype = torch.float64 if seed % 3 else torch.float32
+    outs = []
+    for backend in ("torch", "numba"):
+        net = _random_network(backend, seed, dtype, stdp=seed % 4 == 0)
+        net.run(23.0, show_progress=False)
+        net.run(20.0, show_progress=False)          # a continued run reuses the cached packed synapses
+        out = {}
+        for name, p in net.populations.items():
+            out[name + " spikes"] = net.spikes(p)
+            if p.kind == "lif":
+                out[name + " state"] = (p.v.numpy().copy(), p.I.numpy().copy(), p.refrac.numpy().copy(),
+                                        p.buffer.numpy().copy())
+                if p.voltage_idx is not None:
+                    out[name + " voltages"] = net.voltages(p)[:2]
+        outs.append(out)
+    for key, a in outs[0].items():
+        for x, y in zip(a, outs[1][key]):
+            np.testing.assert_array_equal(x, y, err_msg=key)
