@@ -24,7 +24,19 @@ each field's value bound by its key's role matrix, ``Σ_k R_key · v(value)``; a
 algebra: "which record has city = X" scores every record by ``⟨r, R_city · atom(X)⟩`` (≈ 1 for a match, noise of
 std ≈ sqrt(fields/d) otherwise), "what is record r's city" unbinds ``R_cityᵀ r`` and picks the nearest atom
 among the candidates, and a partial record is a query for nearest-neighbour search by cosine.
-``record_search_experiment`` measures these accuracies against the number of records and the dimension.
+``record_search_experiment`` measures these accuracies against the number of records and the dimension, and
+``predicted_find_accuracy`` is the Gaussian prediction for the top-1 lookup.
+
+**Sequences** (``sequence_experiment``): a list binds item i by the i-th power of one matrix S. With a Gaussian S
+the powers are products of the *same* matrix, whose eigenvalues spread over the unit disc: |S^k a| drifts far
+from 1, images of unrelated vectors align with the dominant eigenvectors, and reading position k through
+``(Sᵀ)^k`` fails; an orthogonal S keeps every position alike.
+
+**Bundling capacity** (``bundle_experiment``): a bundle of m random unit atoms scores a member ≈ 1 + N(0,
+(m − 1)/d) and a non-member ≈ N(0, m/d), so a membership test at 1/2 misses with probability
+``Φ(−½ sqrt(d/(m − 1)))`` and false-alarms with ``Φ(−½ sqrt(d/m))`` — the crosstalk of superposition, the
+same trade as an SDR union's false matches. **Soft similarity** (``soft_similarity``): two records that share
+F − k of their F fields have cosine ≈ (F − k)/F, so similar JSON gives similar vectors.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from labkit import data
 from labkit.runtime import progress
@@ -48,8 +61,12 @@ __all__ = [
     "bundle",
     "cosine",
     "depth_stability",
+    "bundle_experiment",
     "make_records",
+    "predicted_find_accuracy",
     "record_search_experiment",
+    "sequence_experiment",
+    "soft_similarity",
     "unbind",
 ]
 
@@ -157,14 +174,15 @@ def depth_stability(d: int, depth: int, kind: str, n_seeds: int = 5, similarity:
         e /= e.norm()
         x2 = similarity * x + math.sqrt(1 - similarity**2) * e
         Ms = [binding_matrix(d, kind, g) for _ in range(depth)]
+        LUs = [torch.linalg.lu_factor(M) for M in Ms]  # factor once, solve many times
         y, y2 = x.clone(), x2.clone()
         for k in range(depth + 1):
             if k:
                 y, y2 = Ms[k - 1] @ y, Ms[k - 1] @ y2
             back_t, back_i = y.clone(), y.clone()
-            for M in reversed(Ms[:k]):
+            for M, (LU, piv) in zip(reversed(Ms[:k]), reversed(LUs[:k])):
                 back_t = M.T @ back_t
-                back_i = torch.linalg.solve(M, back_i)
+                back_i = torch.linalg.lu_solve(LU, piv, back_i[:, None])[:, 0]
             out["norm"][s, k] = float(y.norm())
             out["cosine"][s, k] = float(cosine(y, y2))
             out["transpose"][s, k] = float(cosine(x, back_t))
@@ -291,24 +309,25 @@ def make_records(n: int, n_cities: int = 20, n_jobs: int = 10, seed: data.SeedLi
 
 
 def record_search_experiment(dims: Sequence[int], n_records: Sequence[int], kind: str = "orthogonal",
-                             n_cities: int = 20, n_queries: int = 50, n_seeds: int = 2,
-                             seed: int = 0) -> dict[str, np.ndarray]:
+                             n_cities: int = 20, n_queries: int = 50, n_seeds: int = 2, seed: int = 0,
+                             n_jobs: int = 10) -> dict[str, np.ndarray]:
     """Encode random records (``make_records``) and query them, for each dimension × number of records.
 
     Returns, each (len(dims), len(n_records)), averaged over seeds and ``n_queries`` queries:
     "find" = the top record for ``name = person<i>`` is record i; "decode" = decoding a record's city among all
-    cities is right; "where" = the top-|S| records for ``city = X`` are exactly the S records in city X;
+    cities present in the records is right; "where" = the top-|S| records for ``city = X`` are exactly the S
+    records in city X;
     "nearest" = the nearest record to the partial record ``{"name", "age"}`` of record i is record i."""
     _kind(kind)
     n_queries, n_seeds = _int("n_queries", n_queries), _int("n_seeds", n_seeds)
     dims = [_int("dims[i]", int(d)) for d in dims]
     n_records = [_int("n_records[i]", int(r)) for r in n_records]
     out = {key: np.zeros((len(dims), len(n_records))) for key in ("find", "decode", "where", "nearest")}
-    cities = [f"city{j}" for j in range(n_cities)]
     cells = [(i, j, s) for i in range(len(dims)) for j in range(len(n_records)) for s in range(n_seeds)]
     for i, j, s in progress(cells, desc=f"MBAT records ({kind})"):
         g = np.random.default_rng([seed, s, dims[i], n_records[j]])
-        records = make_records(n_records[j], n_cities=n_cities, seed=g)
+        records = make_records(n_records[j], n_cities=n_cities, n_jobs=n_jobs, seed=g)
+        cities = sorted({rec["city"] for rec in records})  # the decoding candidates: every city present
         enc = MBATEncoder(dims[i], kind=kind, seed=int(g.integers(2**31)))
         encoded = enc.encode_records(records)
         picks = g.integers(n_records[j], size=n_queries)
@@ -324,3 +343,106 @@ def record_search_experiment(dims: Sequence[int], n_records: Sequence[int], kind
         for key in out:
             out[key][i, j] += hits[key] / n_queries / n_seeds
     return out
+
+
+def predicted_find_accuracy(d: int, n_records: int, n_fields: int = 4) -> float:
+    """Gaussian prediction of the top-1 lookup "which record has key = value" among ``n_records`` records of
+    ``n_fields`` fields in R^d (orthogonal roles, unit atoms): the target scores t ~ N(1, (F − 1)/d), every other
+    record independently N(0, F/d), so ``P = E_t[Φ(t / sqrt(F/d))^(R − 1)]`` (80-point Gauss–Hermite rule).
+    Records that share a value (the same city) make the scores slightly dependent; the prediction ignores it."""
+    d, R, F = _int("d", d), _int("n_records", n_records), _int("n_fields", n_fields)
+    x, wts = np.polynomial.hermite_e.hermegauss(80)
+    t = 1.0 + math.sqrt((F - 1) / d) * x
+    return float((wts * norm.cdf(t / math.sqrt(F / d)) ** (R - 1)).sum() / wts.sum())
+
+
+def sequence_experiment(d: int, length: int, kind: str, steps: int | None = None, vocab: int = 100,
+                        n_seeds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Lists as powers of one matrix. Encode ``length`` random atoms (from a vocabulary of ``vocab``) as
+    ``v = Σ_i S^(i+1) a_i`` with one random S of ``kind`` and read position i back as the vocabulary atom nearest to
+    ``(Sᵀ)^(i+1) v``; follow two fixed unrelated unit vectors a, b through ``steps`` powers (default ``length``).
+    Returns "accuracy" (n_seeds, length): 1 where position i decodes right; "accuracy_inverse" (n_seeds, length):
+    the same read through the exact inverse ``S^-(i+1) v`` (equal for orthogonal S; for a Gaussian S the inverse
+    recovers a_i exactly but multiplies the other items by powers of S^-1); and, each (n_seeds, steps),
+    "norm" = |S^k a| (1 for orthogonal S) and "align" = |cos(S^k a, S^k b)| (stays at |cos(a, b)| ≈ 0 for
+    orthogonal S; grows as the powers of a Gaussian S collapse onto its top eigenvectors), k = 1..steps."""
+    d, length, vocab, n_seeds = _int("d", d), _int("length", length), _int("vocab", vocab), _int("n_seeds", n_seeds)
+    steps = length if steps is None else _int("steps", steps)
+    _kind(kind)
+    out = {"accuracy": np.zeros((n_seeds, length)), "accuracy_inverse": np.zeros((n_seeds, length)),
+           "norm": np.zeros((n_seeds, steps)),
+           "align": np.zeros((n_seeds, steps))}
+    for s in range(n_seeds):
+        g = np.random.default_rng([seed, s, d, length, vocab])
+        S = binding_matrix(d, kind, g)
+        atoms = torch.from_numpy(g.standard_normal((vocab, d)))
+        atoms /= atoms.norm(dim=1, keepdim=True)
+        which = torch.from_numpy(g.integers(vocab, size=length))
+        v = torch.zeros(d, dtype=torch.float64)
+        for i in reversed(range(length)):  # Horner: S(a_0 + S(a_1 + ...))
+            v = S @ (atoms[which[i]] + v)
+        back, back_inv = v, v
+        LU, pivots = torch.linalg.lu_factor(S)
+        for i in range(length):
+            back = S.T @ back
+            back_inv = torch.linalg.lu_solve(LU, pivots, back_inv[:, None])[:, 0]
+            out["accuracy"][s, i] = float(int(torch.argmax(atoms @ back)) == int(which[i]))
+            out["accuracy_inverse"][s, i] = float(int(torch.argmax(atoms @ back_inv)) == int(which[i]))
+        y = torch.from_numpy(g.standard_normal((d, 2)))
+        y /= y.norm(dim=0, keepdim=True)
+        for k in range(steps):
+            y = S @ y
+            out["norm"][s, k] = float(y[:, 0].norm())
+            out["align"][s, k] = float(cosine(y[:, 0], y[:, 1]).abs())
+    return out
+
+
+def bundle_experiment(dims: Sequence[int], ms: Sequence[int], n_trials: int = 200, threshold: float = 0.5,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Bundling capacity: sum m random unit atoms in R^d and test membership by ``⟨bundle, x⟩ > threshold``.
+    For each (d, m), ``n_trials`` bundles each test one member and one fresh non-member. Returns, each
+    (len(dims), len(ms)): "miss" and "false_positive" rates (measured) and "miss_theory" = Φ((threshold − 1) /
+    sqrt((m − 1)/d)), "fp_theory" = Φ(−threshold / sqrt(m/d)); plus "dims", "ms"."""
+    dims = [_int("dims[i]", int(d)) for d in dims]
+    ms = [_int("ms[i]", int(m)) for m in ms]
+    n_trials = _int("n_trials", n_trials)
+    out = {key: np.zeros((len(dims), len(ms))) for key in ("miss", "false_positive", "miss_theory", "fp_theory")}
+
+    def unit(g, d):
+        x = torch.from_numpy(g.standard_normal((n_trials, d), dtype=np.float32))
+        return x / x.norm(dim=1, keepdim=True)
+
+    for i, d in enumerate(dims):
+        for j, m in enumerate(ms):
+            g = np.random.default_rng([seed, d, m])
+            member, outsider = unit(g, d), unit(g, d)
+            b = member.clone()
+            for _ in range(m - 1):  # the other members, one at a time (memory stays n_trials × d)
+                b += unit(g, d)
+            out["miss"][i, j] = float(((b * member).sum(1) <= threshold).double().mean())
+            out["false_positive"][i, j] = float(((b * outsider).sum(1) > threshold).double().mean())
+            out["miss_theory"][i, j] = norm.cdf((threshold - 1) / math.sqrt((m - 1) / d)) if m > 1 else 0.0
+            out["fp_theory"][i, j] = norm.cdf(-threshold / math.sqrt(m / d))
+    out["dims"], out["ms"] = np.asarray(dims), np.asarray(ms)
+    return out
+
+
+def soft_similarity(d: int, n_fields: int = 8, kind: str = "orthogonal", n_pairs: int = 50,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Similar JSON → similar vectors: a random record of ``n_fields`` fields ``{"f<j>": "v<random>"}`` and a copy
+    with k of its fields given new values, k = 0..F. Returns {"changed" (F + 1,), "cosine" (n_pairs, F + 1) the
+    cosine of the two encodings, "predicted" (F + 1,) = (F − k)/F}."""
+    d, F, n_pairs = _int("d", d), _int("n_fields", n_fields), _int("n_pairs", n_pairs)
+    g = np.random.default_rng([seed, d, F])
+    enc = MBATEncoder(d, kind=kind, seed=int(g.integers(2**31)))
+    cos = np.zeros((n_pairs, F + 1))
+    for p in range(n_pairs):
+        rec = {f"f{j}": f"v{int(g.integers(10**9))}" for j in range(F)}
+        base = enc.encode(rec)
+        order = g.permutation(F)
+        for k in range(F + 1):
+            other = dict(rec)
+            for j in order[:k]:
+                other[f"f{j}"] = f"w{int(g.integers(10**9))}"
+            cos[p, k] = float(cosine(base, enc.encode(other)))
+    return {"changed": np.arange(F + 1), "cosine": cos, "predicted": (F - np.arange(F + 1)) / F}

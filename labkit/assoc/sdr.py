@@ -16,11 +16,16 @@ noise: a stored pattern with k of its w bits moved still matches when at most ``
 match rate is the same formula with s, and a noisy copy (k of the w bits moved) still matches with probability
 ``noisy_match_probability`` = P(Hypergeom(w, w − k, s) ≥ θ).
 
-**Unions**: OR together M SDRs; a random w-bit input matches the union when ≥ θ of its bits are ON in it. The
-paper substitutes the union's expected number of ON bits, ``n (1 − (1 − w/n)^M)``, for s
-(``union_false_match_probability``). The union's size is random, so ``union_false_match_exact`` averages the
-formula over its exact distribution (``union_size_pmf``, a Markov chain over the size as patterns are added);
-simulation agrees with the exact value within sampling error and shows how good the paper's approximation is.
+**Unions**: OR together M stored patterns of s bits each (s = w unless a segment subsamples); a random w-bit
+input matches the union when ≥ θ of its bits are ON in it. The paper substitutes the union's expected number of
+ON bits, ``n (1 − (1 − s/n)^M)``, for s (``union_false_match_probability``). The union's size is random, so
+``union_false_match_exact`` averages the formula over its exact distribution (``union_size_pmf``, a Markov chain
+over the size as patterns are added); simulation agrees with the exact value within sampling error and shows
+how good the paper's approximation is.
+
+**Choosing θ**: ``threshold_sweep`` evaluates the formula over a grid of population sizes, sparsities and synapse
+counts and summarises it per θ (median, mean, min, max), the paper's argument for where a dendritic (NMDA)
+threshold should sit.
 
 Simulation uses the bit-packed kernel ``labkit.kernels.sdr_match`` (popcount of AND over 64-bit words fused with
 the threshold). With fixed-weight random SDRs the M × B pair indicators are **pairwise independent** (given one
@@ -54,9 +59,11 @@ __all__ = [
     "noisy_match_probability",
     "overlap",
     "overlap_pmf",
+    "plot_rates",
     "random_sdrs",
     "simulate_false_match",
     "simulate_union_false_match",
+    "threshold_sweep",
     "union_experiment",
     "union_false_match_exact",
     "union_false_match_probability",
@@ -97,6 +104,23 @@ def random_sdrs(count: int, n: int, w: int, seed: data.SeedLike = 0) -> torch.Te
     if count:
         idx = np.argpartition(g.random((count, n)), w - 1, axis=1)[:, :w]  # a uniform w-subset per row
         np.put_along_axis(out, idx, True, axis=1)
+    return torch.from_numpy(out)
+
+
+def _random_subsets(count: int, n: int, w: int, g: np.random.Generator) -> torch.Tensor:
+    """Like ``random_sdrs`` (uniform w-subsets, (count, n) bool) but fast for w² < n: draw w positions with
+    replacement and redraw the rows that repeat one (rejection keeps the subsets exactly uniform)."""
+    if w * w >= n:
+        return random_sdrs(count, n, w, g)
+    idx = g.integers(n, size=(count, w))
+    while True:
+        srt = np.sort(idx, axis=1)
+        bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(1))
+        if bad.size == 0:
+            break
+        idx[bad] = g.integers(n, size=(bad.size, w))
+    out = np.zeros((count, n), dtype=bool)
+    np.put_along_axis(out, idx, True, axis=1)
     return torch.from_numpy(out)
 
 
@@ -199,11 +223,13 @@ def expected_union_bits(n: int, w: int, M: int) -> float:
     return n * (1.0 - (1.0 - w / n) ** M)
 
 
-def union_false_match_probability(n: int, w: int, M: int, theta: int) -> float:
-    """The paper's union false-positive rate: ``false_match_probability`` with the stored size s replaced by the
-    union's expected ON bits ``n (1 − (1 − w/n)^M)`` (rounded to the nearest integer)."""
-    s = int(round(expected_union_bits(n, w, M)))
-    return false_match_probability(n, w, theta, s=s)
+def union_false_match_probability(n: int, w: int, M: int, theta: int, s: int | None = None) -> float:
+    """The paper's union false-positive rate for a w-bit query against the union of M stored patterns of s bits
+    each (s = w by default): ``false_match_probability`` with the stored size replaced by the union's expected ON
+    bits ``n (1 − (1 − s/n)^M)`` (rounded to the nearest integer)."""
+    n, w = _nw(n, w)
+    s = w if s is None else _int("s", s, low=1, high=n, high_name="n")
+    return false_match_probability(n, w, theta, s=int(round(expected_union_bits(n, s, M))))
 
 
 def union_size_pmf(n: int, w: int, M: int) -> np.ndarray:
@@ -212,28 +238,38 @@ def union_size_pmf(n: int, w: int, M: int) -> np.ndarray:
     Returns (n + 1,) float64 (index = union size)."""
     n, w = _nw(n, w)
     M = _int("M", M, low=1)
-    u = np.arange(n + 1)
+    top = min(n, M * w)  # the union never exceeds M·w bits: only sizes 0..top need the transition table
+    u = np.arange(top + 1)
     o = np.arange(w + 1)
     T = np.exp(log_comb(u[:, None], o[None, :]) + log_comb(n - u[:, None], w - o[None, :]) - float(log_comb(n, w)))
-    p = np.zeros(n + 1)
+    p = np.zeros(top + 1)
     p[w] = 1.0
     for _ in range(M - 1):
-        new = np.zeros(n + 1)
+        new = np.zeros(top + 1)
         for j in range(w + 1):  # overlap j moves u to u + (w - j)
             shift = w - j
-            new[shift:] += (p * T[:, j])[: n + 1 - shift]
+            new[shift:] += (p * T[:, j])[: top + 1 - shift]
         p = new
-    return p / p.sum()
+    out = np.zeros(n + 1)
+    out[: top + 1] = p / p.sum()
+    return out
 
 
-def union_false_match_exact(n: int, w: int, M: int, theta: int) -> float:
-    """P(a random w-bit SDR has ≥ θ bits ON in the union of M random w-bit SDRs), averaged over the union's exact
-    size distribution (``union_size_pmf``); what a simulation estimates."""
+def union_false_match_exact(n: int, w: int, M: int, theta: int, s: int | None = None) -> float:
+    """P(a random w-bit SDR has ≥ θ bits ON in the union of M random s-bit SDRs (s = w by default)), averaged over
+    the union's exact size distribution (``union_size_pmf``); what a simulation estimates."""
     n, w = _nw(n, w)
+    s = w if s is None else _int("s", s, low=1, high=n, high_name="n")
     theta = _int("theta", theta)
-    pmf = union_size_pmf(n, w, M)
+    pmf = union_size_pmf(n, s, M)
     sizes = np.flatnonzero(pmf > 1e-300)
-    return float(sum(pmf[u] * false_match_probability(n, w, theta, s=int(u)) for u in sizes))
+    b = np.arange(theta, w + 1)
+    if b.size == 0:
+        return 0.0
+    terms = log_comb(sizes[:, None], b[None, :]) + log_comb(n - sizes[:, None], w - b[None, :]) - float(log_comb(n, w))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_size = np.exp(logsumexp(terms, axis=1))  # the false-match formula at every union size at once
+    return float(np.clip(np.nan_to_num(p_size), 0.0, 1.0) @ pmf[sizes])
 
 
 def binomial_interval(hits: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -287,10 +323,17 @@ def false_match_experiment(n: int, w: int, thetas: Sequence[int], s: int | None 
                            n_queries: int = 500, seed: data.SeedLike = 0,
                            backend: str = "auto") -> dict[str, np.ndarray]:
     """The analytic false-match curve over θ beside its simulation: ``simulate_false_match``'s entries plus
-    "analytic" ((T,) from ``false_match_probability``)."""
+    "analytic" ((T,) from ``false_match_probability``), "z" ((T,) the binomial z-score of the simulated count,
+    (rate − p) / sqrt(p (1 − p) / trials); nan where p is 0 or 1) and "inside" ((T,) bool: p lies in the 95 %
+    Wilson interval)."""
     out = simulate_false_match(n, w, thetas, s=s, n_stored=n_stored, n_queries=n_queries, seed=seed,
                                backend=backend)
-    out["analytic"] = np.array([false_match_probability(n, w, int(t), s=s) for t in out["theta"]])
+    p = np.array([false_match_probability(n, w, int(t), s=s) for t in out["theta"]])
+    out["analytic"] = p
+    sd = np.sqrt(p * (1 - p) / out["trials"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["z"] = np.where(sd > 0, (out["rate"] - p) / sd, np.nan)
+    out["inside"] = (out["lo"] <= p) & (p <= out["hi"])
     return out
 
 
@@ -323,18 +366,20 @@ def noisy_match_experiment(w: int, s: int, theta: int, ks: Sequence[int], n: int
 
 
 def simulate_union_false_match(n: int, w: int, M: int, theta: int, n_unions: int = 200, n_queries: int = 500,
-                               seed: data.SeedLike = 0, backend: str = "auto") -> dict[str, float]:
-    """Estimate the union false-positive rate: ``n_unions`` unions of M random w-bit SDRs, each tested against
-    ``n_queries`` random w-bit SDRs. Returns {"rate", "se" (standard error from the spread of the per-union
-    rates: queries that share a union share its size), "mean_union_bits", "trials"}."""
+                               seed: data.SeedLike = 0, backend: str = "auto",
+                               s: int | None = None) -> dict[str, float]:
+    """Estimate the union false-positive rate: ``n_unions`` unions of M random s-bit SDRs (s = w by default), each
+    tested against ``n_queries`` random w-bit SDRs. Returns {"rate", "se" (standard error from the spread of the
+    per-union rates: queries that share a union share its size), "mean_union_bits", "trials"}."""
     n, w = _nw(n, w)
+    s = w if s is None else _int("s", s, low=1, high=n, high_name="n")
     M = _int("M", M, low=1)
     theta = _int("theta", theta)
     n_unions, n_queries = _int("n_unions", n_unions, low=2), _int("n_queries", n_queries, low=1)
     g = data.rng(seed)
     unions = torch.zeros(n_unions, n, dtype=torch.bool)
     for _ in range(M):
-        unions |= random_sdrs(n_unions, n, w, g)
+        unions |= _random_subsets(n_unions, n, s, g)
     queries = random_sdrs(n_queries, n, w, g)
     from labkit.kernels.sdr_match import pack_bits, sdr_match
 
@@ -345,19 +390,90 @@ def simulate_union_false_match(n: int, w: int, M: int, theta: int, n_unions: int
 
 
 def union_experiment(n: int, w: int, Ms: Sequence[int], theta: int, n_unions: int = 200, n_queries: int = 500,
-                     seed: int = 0, backend: str = "auto") -> dict[str, np.ndarray]:
-    """The union property over M: {"M", "paper" (``union_false_match_probability``), "exact"
-    (``union_false_match_exact``), "rate", "se", "expected_bits", "mean_union_bits"}: (len(Ms),) arrays."""
+                     seed: int = 0, backend: str = "auto", s: int | None = None) -> dict[str, np.ndarray]:
+    """The union property over M (unions of M patterns of s bits, s = w by default; w-bit queries): {"M", "paper"
+    (``union_false_match_probability``), "exact" (``union_false_match_exact``), "rate", "se", "z" = (rate −
+    exact) / se, "expected_bits", "mean_union_bits"}: (len(Ms),) arrays."""
+    s_bits = w if s is None else s
     keys = ("M", "paper", "exact", "rate", "se", "expected_bits", "mean_union_bits")
     out = {key: [] for key in keys}
     for i, M in enumerate(progress(list(Ms), desc="SDR unions")):
         sim = simulate_union_false_match(n, w, int(M), theta, n_unions, n_queries,
-                                         seed=np.random.default_rng([seed, i]), backend=backend)
+                                         seed=np.random.default_rng([seed, i]), backend=backend, s=s)
         out["M"].append(int(M))
-        out["paper"].append(union_false_match_probability(n, w, int(M), theta))
-        out["exact"].append(union_false_match_exact(n, w, int(M), theta))
+        out["paper"].append(union_false_match_probability(n, w, int(M), theta, s=s))
+        out["exact"].append(union_false_match_exact(n, w, int(M), theta, s=s))
         out["rate"].append(sim["rate"])
         out["se"].append(sim["se"])
-        out["expected_bits"].append(expected_union_bits(n, w, int(M)))
+        out["expected_bits"].append(expected_union_bits(n, s_bits, int(M)))
         out["mean_union_bits"].append(sim["mean_union_bits"])
-    return {key: np.asarray(val) for key, val in out.items()}
+    out = {key: np.asarray(val) for key, val in out.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["z"] = np.where(out["se"] > 0, (out["rate"] - out["exact"]) / out["se"], np.nan)
+    return out
+
+
+def threshold_sweep(thetas: Sequence[int], ns: Sequence[int], sparsities: Sequence[float],
+                    synapses: Sequence[int]) -> dict[str, np.ndarray]:
+    """The false-match probability over a grid, summarised per threshold: for every θ in ``thetas`` and every
+    (n, sparsity, s) with a = round(sparsity · n) active cells, ``false_match_probability(n, a, θ, s)``.
+    Returns {"theta", "median", "mean", "min", "max"}: (T,) arrays, and "grid_size" (int)."""
+    ns = [_int("ns[i]", int(n), low=1) for n in ns]
+    synapses = [_int("synapses[i]", int(s), low=1) for s in synapses]
+    for p in sparsities:
+        if not 0 < p <= 1:
+            raise ValueError(f"sparsities must lie in (0, 1], got {p}")
+    cells = [(n, min(n, max(1, int(round(p * n)))), s) for n in ns for p in sparsities for s in synapses]
+    for n, _, s in cells:
+        if s > n:
+            raise ValueError(f"synapses must be <= every n, got s = {s} > n = {n}")
+    out = {key: [] for key in ("theta", "median", "mean", "min", "max")}
+    for theta in thetas:
+        theta = _int("thetas[i]", int(theta))
+        vals = np.array([false_match_probability(n, a, theta, s=s) for n, a, s in cells])
+        for key, val in (("theta", theta), ("median", np.median(vals)), ("mean", vals.mean()), ("min", vals.min()),
+                         ("max", vals.max())):
+            out[key].append(val)
+    result = {key: np.asarray(val) for key, val in out.items()}
+    result["grid_size"] = len(cells)
+    return result
+
+
+def plot_rates(curves: dict, title: str = "", xaxis: str = "", yaxis: str = "probability", log_y: bool = True):
+    """Simulated rates with error bars over their theory curves (one colour per curve).
+
+    curves: label -> {"x", "rate", "lo", "hi"}: measured points and their interval (points with rate 0 are drawn at
+    the interval's top as open markers on a log axis; an empty "x" draws the theory only), with optional "theory" (a
+    dashed line over "x", or over "theory_x" when given) and "theory2" (a dotted second theory curve, named by
+    "theory2_name"). Returns a plotly figure in the book's theme."""
+    import plotly.graph_objects as go
+
+    from labkit.viz import PALETTE
+
+    fig = go.Figure()
+    for i, (label, c) in enumerate(curves.items()):
+        color = PALETTE[i % len(PALETTE)]
+        x, rate = np.asarray(c["x"], dtype=float), np.asarray(c["rate"], dtype=float)
+        lo, hi = np.asarray(c["lo"], dtype=float), np.asarray(c["hi"], dtype=float)
+        if "theory" in c:
+            fig.add_trace(go.Scatter(x=np.asarray(c.get("theory_x", x), dtype=float), y=c["theory"], mode="lines",
+                                     name=f"{label}: theory", legendgroup=label,
+                                     line=dict(color=color, dash="dash", width=2)))
+        if "theory2" in c:
+            fig.add_trace(go.Scatter(x=np.asarray(c.get("theory_x", x), dtype=float), y=c["theory2"], mode="lines",
+                                     name=f"{label}: {c.get('theory2_name', 'theory 2')}", legendgroup=label,
+                                     line=dict(color=color, dash="dot", width=2)))
+        if x.size == 0:  # a theory-only curve
+            continue
+        seen = rate > 0 if log_y else np.ones_like(rate, dtype=bool)
+        fig.add_trace(go.Scatter(x=x[seen], y=rate[seen], mode="markers", name=f"{label}: simulated",
+                                 legendgroup=label, marker=dict(color=color, size=7),
+                                 error_y=dict(type="data", symmetric=False, array=(hi - rate)[seen],
+                                              arrayminus=(rate - np.maximum(lo, rate * 1e-3 if log_y else lo))[seen])))
+        if log_y and (~seen).any():
+            fig.add_trace(go.Scatter(x=x[~seen], y=hi[~seen], mode="markers", name=f"{label}: 0 hits (upper bound)",
+                                     legendgroup=label, marker=dict(color=color, size=8, symbol="triangle-down-open")))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, hovermode="closest")
+    if log_y:
+        fig.update_yaxes(type="log", exponentformat="power")
+    return fig

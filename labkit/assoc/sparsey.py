@@ -22,6 +22,19 @@ and ``identify`` names the stored item whose code overlaps the retrieved code mo
 With one stored item x and a probe x' sharing a fraction s of x's bits, the old winner has V = s, every other cell
 V = 0 and G = s, so with ``t = s / (noise (1 − s))`` the old winner survives in a CM with probability
 ``(1 − t^K)/K + t`` for t < 1 and 1 beyond (``predicted_code_overlap``; 1/K at s = 0): the simulation checks it.
+
+**Capacity.** Binary weights saturate: an item stored with a random code sets each weight (i, c) with probability
+(w / n_in)(1 / K), so after P items a fraction ``1 − (1 − w/(n_in K))^P`` is set (``predicted_fill``). A novel
+input then finds in every CM a cell that has learned many of its bits by chance, so its familiarity G rises, the
+novelty noise fades and new items receive best-match codes that collide with old ones: recall collapses
+(``recall_experiment``). Cells that already hold many items learn more bits and win more often (rich get richer),
+so G of a novel input rises faster than independent weights would predict.
+
+**Episodic and semantic memory in one field.** ``superposition_experiment`` stores exemplars of a few classes
+(each a noisy copy of a class prototype that is never shown) once each and measures both at once: episodic —
+every exemplar keeps a code of its own and is recalled from a noisy cue; semantic — codes of same-class
+exemplars overlap more than codes of different classes, the never-seen prototype looks familiar (G ≈ 1) and new
+exemplars are classified by their nearest stored code. The novelty-noise scale trades one for the other.
 """
 
 from __future__ import annotations
@@ -42,8 +55,10 @@ __all__ = [
     "identify",
     "predicted_code_overlap",
     "recall_experiment",
+    "predicted_fill",
     "similar_input",
     "similarity_experiment",
+    "superposition_experiment",
 ]
 
 
@@ -87,7 +102,10 @@ class SparseyField:
         """x: (n_in,) or (B, n_in) bool -> (V: (B, Q, K) input match of every cell in [0, 1], G: (B,) familiarity)
         (B = 1 for a 1-D x)."""
         x, _ = self._inputs(x)
-        V = (x.double() @ self.W.double()) / x.sum(1, keepdim=True).double()
+        if x.shape[0] == 1:  # one input (learning): add up the weight rows of its ON bits
+            V = self.W[x[0]].sum(0, dtype=torch.float64)[None] / x.sum().double()
+        else:
+            V = (x.double() @ self.W.double()) / x.sum(1, keepdim=True).double()
         V = V.view(-1, self.Q, self.K)
         return V, V.amax(2).mean(1)
 
@@ -199,18 +217,35 @@ def similarity_experiment(n_in: int = 256, w: int = 32, Q: int = 16, K: int = 8,
     return out
 
 
+def predicted_fill(P, n_in: int, w: int, K: int) -> np.ndarray:
+    """Expected fraction of the binary weights set after storing P random w-bit inputs with random codes:
+    ``1 − (1 − w / (n_in K))^P``. P: scalar or array. Returns like P (float)."""
+    n_in, w, K = _int("n_in", n_in), _int("w", w), _int("K", K, low=2)
+    if w > n_in:
+        raise ValueError(f"w must be <= n_in = {n_in}, got {w}")
+    P = np.asarray(P, dtype=float)
+    return 1.0 - (1.0 - w / (n_in * K)) ** P
+
+
 def recall_experiment(n_items: Sequence[int], n_in: int = 512, w: int = 32, Q: int = 16, K: int = 8,
-                      moved: int = 4, n_probe: int = 100, noise: float = 3.0, n_seeds: int = 2,
+                      moved: int | Sequence[int] = 4, n_probe: int = 100, noise: float = 3.0, n_seeds: int = 2,
                       seed: int = 0) -> dict[str, np.ndarray]:
     """Recall after one presentation, against the number of stored items. For each P in ``n_items``, store P random
     w-bit inputs once each in a fresh field, probe up to ``n_probe`` of them with ``moved`` of their bits moved and
     retrieve (best match). Returns {"n_items" (L,), "accuracy" (n_seeds, L): the retrieved code identifies the
     right item; "code_overlap" (n_seeds, L): mean overlap of the retrieved with the stored code; "distinct"
     (n_seeds, L): fraction of the stored codes that differ from every other (as binary weights saturate, novel
-    inputs look familiar, get noise-free best-match codes and the codes collapse)}."""
+    inputs look familiar, get noise-free best-match codes and the codes collapse); "fill" (n_seeds, L): fraction
+    of the weights set; "novel_G" (n_seeds, L): mean familiarity of 50 fresh random inputs}. A sequence of
+    ``moved`` values probes the same fields at each noise level: "accuracy" and "code_overlap" are then
+    (n_seeds, L, len(moved)) and "moved" holds the levels."""
     n_seeds, n_probe = _int("n_seeds", n_seeds), _int("n_probe", n_probe)
     Ps = [_int("n_items[i]", int(P)) for P in n_items]
-    out = {key: np.zeros((n_seeds, len(Ps))) for key in ("accuracy", "code_overlap", "distinct")}
+    levels = np.atleast_1d(np.asarray(moved))
+    many = np.ndim(moved) > 0
+    levels = [_int("moved", int(m), low=0) for m in levels]
+    out = {key: np.zeros((n_seeds, len(Ps), len(levels))) for key in ("accuracy", "code_overlap")}
+    out.update({key: np.zeros((n_seeds, len(Ps))) for key in ("distinct", "fill", "novel_G")})
     for s in progress(range(n_seeds), desc="Sparsey recall"):
         for j, P in enumerate(Ps):
             g = np.random.default_rng([seed, s, P, n_in, w, Q, K])
@@ -218,10 +253,70 @@ def recall_experiment(n_items: Sequence[int], n_in: int = 512, w: int = 32, Q: i
             items = random_sdrs(P, n_in, w, g)
             field.store(items)
             which = torch.from_numpy(g.permutation(P)[: min(P, n_probe)])
-            code = field.retrieve(add_noise(items[which], moved, g))
-            out["accuracy"][s, j] = float((identify(field, code) == which).double().mean())
-            out["code_overlap"][s, j] = float(code_overlap(code, field.codes[which]).mean())
+            for m, k in enumerate(levels):
+                code = field.retrieve(add_noise(items[which], k, g))
+                out["accuracy"][s, j, m] = float((identify(field, code) == which).double().mean())
+                out["code_overlap"][s, j, m] = float(code_overlap(code, field.codes[which]).mean())
             _, inverse, counts = torch.unique(field.codes, dim=0, return_inverse=True, return_counts=True)
             out["distinct"][s, j] = float((counts[inverse] == 1).double().mean())
+            out["fill"][s, j] = float(field.W.double().mean())
+            out["novel_G"][s, j] = float(field.familiarity(random_sdrs(50, n_in, w, g))[1].mean())
+    if not many:
+        out["accuracy"], out["code_overlap"] = out["accuracy"][..., 0], out["code_overlap"][..., 0]
     out["n_items"] = np.asarray(Ps)
+    out["moved"] = np.asarray(levels) if many else levels[0]
     return out
+
+
+def superposition_experiment(noises: Sequence[float], n_classes: int = 10, per_class: int = 10, keep: int = 20,
+                             n_in: int = 2048, w: int = 32, Q: int = 20, K: int = 16, moved: int = 4,
+                             n_new: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Episodic and semantic memory superposed in one field, against the novelty-noise scale.
+
+    Data: ``n_classes`` random w-bit prototypes (never stored or shown); ``per_class`` exemplars of each keep
+    ``keep`` of its prototype's bits (the rest moved at random). All exemplars are stored once each, in random
+    order, in a fresh field per noise value (the same data for every noise). Returns, each (len(noises),):
+    "distinct" fraction of stored codes unlike every other; "episodic" fraction of exemplars whose cue (``moved``
+    bits moved) retrieves a code closest to its own stored code and to no other; "within" / "between" mean code
+    overlap of two stored exemplars of the same / of different classes; "G_proto" mean familiarity of the unseen
+    prototypes; "G_novel" of fresh random inputs; "semantic" accuracy of labelling ``n_new`` new exemplars per
+    class by the class of their nearest stored code. Also "noise" (len(noises),), "chance" = 1/K and the input
+    overlaps "input_within" / "input_between" (fractions of w shared by two exemplars)."""
+    n_classes, per_class = _int("n_classes", n_classes, low=2), _int("per_class", per_class)
+    n_new, moved = _int("n_new", n_new), _int("moved", moved, low=0)
+    g = np.random.default_rng([seed, n_in, w, Q, K, n_classes, per_class, keep])
+    protos = random_sdrs(n_classes, n_in, w, g)
+    label = np.repeat(np.arange(n_classes), per_class)
+    items = similar_input(protos[label], keep, g)
+    new_label = np.repeat(np.arange(n_classes), n_new)
+    new = similar_input(protos[new_label], keep, g)
+    cues = add_noise(items, moved, g)
+    novel = random_sdrs(50, n_in, w, g)
+    order = torch.from_numpy(g.permutation(len(label)))
+    same = torch.from_numpy(label[:, None] == label[None, :])
+    off = ~torch.eye(len(label), dtype=torch.bool)
+    inp = (items.double() @ items.double().T) / w
+    keys = ("distinct", "episodic", "within", "between", "G_proto", "G_novel", "semantic")
+    out = {key: [] for key in keys}
+    for i, noise in enumerate(progress(list(noises), desc="Sparsey superposition")):
+        field = SparseyField(n_in, Q, K, noise=float(noise), seed=np.random.default_rng([seed, i]))
+        codes = torch.empty(len(label), Q, dtype=torch.int64)
+        codes[order] = field.store(items[order])
+        _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+        ov = code_overlap(field.retrieve(cues)[:, None, :], codes[None, :, :])
+        top = ov.max(1, keepdim=True).values
+        own = ov.diagonal()
+        unique = (ov == top).sum(1) == 1
+        stored_ov = code_overlap(codes[:, None, :], codes[None, :, :])
+        nearest = code_overlap(field.retrieve(new)[:, None, :], codes[None, :, :]).argmax(1).numpy()
+        for key, val in (("distinct", (counts[inverse] == 1).double().mean()),
+                         ("episodic", ((own == top[:, 0]) & unique).double().mean()),
+                         ("within", stored_ov[same & off].mean()), ("between", stored_ov[~same].mean()),
+                         ("G_proto", field.familiarity(protos)[1].mean()),
+                         ("G_novel", field.familiarity(novel)[1].mean()),
+                         ("semantic", np.mean(label[nearest] == new_label))):
+            out[key].append(float(val))
+    result = {key: np.asarray(val) for key, val in out.items()}
+    result.update(noise=np.asarray(noises, dtype=float), chance=1.0 / K,
+                  input_within=float(inp[same & off].mean()), input_between=float(inp[~same].mean()))
+    return result

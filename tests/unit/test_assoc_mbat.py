@@ -4,6 +4,8 @@ record search, field decoding and nearest-neighbour lookup work, and improve wit
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,47 @@ def test_accuracy_grows_with_dimension():
         assert r[key][1, 0] >= 0.95 and r[key][0, 0] < r[key][1, 0], (key, r[key])
 
 
+def test_predicted_find_accuracy():
+    assert mbat.predicted_find_accuracy(64, 1, 4) == pytest.approx(1.0)
+    assert mbat.predicted_find_accuracy(100_000, 1000, 4) == pytest.approx(1.0)
+    # the quadrature equals a Monte Carlo of the same Gaussian model
+    g = np.random.default_rng(0)
+    d, R, F = 48, 50, 4
+    t = 1 + np.sqrt((F - 1) / d) * g.standard_normal(20_000)
+    others = np.sqrt(F / d) * g.standard_normal((20_000, R - 1))
+    assert mbat.predicted_find_accuracy(d, R, F) == pytest.approx((t > others.max(1)).mean(), abs=0.015)
+    # and it predicts the measured lookup when every record's values are its own (shared values only help)
+    r = mbat.record_search_experiment([48], [50], n_cities=10**6, n_jobs=10**6, n_queries=100, n_seeds=2, seed=1)
+    assert abs(r["find"][0, 0] - mbat.predicted_find_accuracy(48, 50, 4)) < 0.12
+
+
+def test_sequences_orthogonal_vs_gaussian():
+    orth = mbat.sequence_experiment(128, 8, "orthogonal", steps=60, n_seeds=2, vocab=50)
+    np.testing.assert_allclose(orth["norm"], 1.0, atol=1e-10)
+    assert np.ptp(orth["align"], axis=1).max() < 1e-10  # cosines are preserved at every power
+    assert orth["accuracy"].min() == 1.0 and np.array_equal(orth["accuracy"], orth["accuracy_inverse"])
+    gauss = mbat.sequence_experiment(128, 8, "gaussian", steps=60, n_seeds=4, vocab=50)
+    assert np.abs(np.log(gauss["norm"][:, -1])).mean() > 0.3  # the norm of S^60 a has drifted
+    assert gauss["accuracy"][:, 4:].mean() < 0.8 and gauss["accuracy_inverse"][:, 1:].mean() < 0.3
+    assert gauss["align"][:, -1].mean() > orth["align"][:, -1].mean() + 0.1
+
+
+def test_bundle_capacity_matches_gaussian_theory():
+    r = mbat.bundle_experiment([128], [1, 4, 32], n_trials=3000, seed=0)
+    assert r["miss"][0, 0] == 0.0 and r["miss_theory"][0, 0] == 0.0  # a bundle of one is its member
+    for key, theory in (("miss", "miss_theory"), ("false_positive", "fp_theory")):
+        p = r[theory][0]
+        assert np.all(np.abs(r[key][0] - p) <= 4.5 * np.sqrt(p * (1 - p) / 3000) + 0.01), (key, r[key], p)
+    assert r["fp_theory"][0, 2] == pytest.approx(0.5 * math.erfc(0.5 * np.sqrt(128 / 32) / np.sqrt(2)))
+
+
+def test_soft_similarity():
+    r = mbat.soft_similarity(1024, n_fields=4, n_pairs=20, seed=0)
+    np.testing.assert_allclose(r["predicted"], [1, 0.75, 0.5, 0.25, 0])
+    np.testing.assert_allclose(r["cosine"][:, 0], 1.0, atol=1e-12)  # no field changed: the same vector
+    assert np.all(np.abs(r["cosine"].mean(0) - r["predicted"]) < 0.05)
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
@@ -110,6 +153,9 @@ def test_accuracy_grows_with_dimension():
         (lambda: mbat.MBATEncoder(8).role(3), TypeError, r"key must be a str"),
         (lambda: mbat.MBATEncoder(8).decode(torch.ones(8), "a", []), ValueError, r"candidates must hold"),
         (lambda: mbat.depth_stability(8, 2, "orthogonal", similarity=1.0), ValueError, r"similarity must be in"),
+        (lambda: mbat.sequence_experiment(8, 0, "orthogonal"), ValueError, r"length must be an integer >= 1, got 0"),
+        (lambda: mbat.bundle_experiment([8], [0]), ValueError, r"ms\[i\] must be an integer >= 1, got 0"),
+        (lambda: mbat.soft_similarity(8, kind="sparse"), ValueError, r"kind must be one of"),
     ],
 )
 def test_bad_inputs(call, error, message):

@@ -96,6 +96,68 @@ def test_union_false_match_simulated_exact_and_paper():
     assert sdr.union_false_match_probability(1024, 20, 1, 10) == sdr.false_match_probability(1024, 20, 10)
 
 
+def test_union_with_subsampled_patterns():
+    """Unions of M patterns of s bits queried by w-bit inputs (the paper's union figure: w = 200, s = 25, θ = 15)."""
+    # one pattern: the union is the pattern itself, so all three agree with the plain formula
+    one = sdr.false_match_probability(1000, 200, 15, s=25)
+    assert sdr.union_false_match_probability(1000, 200, 1, 15, s=25) == one
+    assert sdr.union_false_match_exact(1000, 200, 1, 15, s=25) == pytest.approx(one, rel=1e-12)
+    # the paper's value uses the rounded expected size: M = 2 -> round(49.375) = 49 union bits
+    assert sdr.expected_union_bits(1000, 25, 2) == pytest.approx(1000 * (1 - 0.975**2))
+    assert sdr.union_false_match_probability(1000, 200, 2, 15, s=25) == sdr.false_match_probability(1000, 200, 15,
+                                                                                                     s=49)
+    r = sdr.union_experiment(1000, 200, [2, 3], theta=15, s=25, n_unions=100, n_queries=300, seed=1)
+    np.testing.assert_allclose(r["expected_bits"], [49.375, 73.140625])
+    assert np.all(np.abs(r["z"]) <= 4.5), (r["rate"], r["exact"], r["se"])
+    assert np.all(np.abs(r["mean_union_bits"] - r["expected_bits"]) < 2)
+
+
+def test_experiment_reports_z_scores():
+    r = sdr.false_match_experiment(300, 12, [1, 2, 3, 13], n_stored=200, n_queries=200, seed=3)
+    p, n = r["analytic"], r["trials"]
+    ok = p > 0
+    np.testing.assert_allclose(r["z"][ok], (r["rate"][ok] - p[ok]) / np.sqrt(p[ok] * (1 - p[ok]) / n))
+    assert np.isnan(r["z"][-1]) and r["rate"][-1] == 0  # θ > w: impossible, p = 0
+    assert np.array_equal(r["inside"], (r["lo"] <= p) & (p <= r["hi"]))
+
+
+def test_threshold_sweep():
+    r = sdr.threshold_sweep([2, 4, 6], ns=[500, 1000], sparsities=[0.01, 0.02], synapses=[10, 20])
+    assert r["grid_size"] == 8
+    vals = [sdr.false_match_probability(n, round(p * n), 4, s=s) for n in (500, 1000) for p in (0.01, 0.02)
+            for s in (10, 20)]
+    assert r["median"][1] == pytest.approx(np.median(vals)) and r["max"][1] == pytest.approx(max(vals))
+    assert np.all(np.diff(r["median"]) < 0) and np.all(r["min"] <= r["median"]) and np.all(r["median"] <= r["max"])
+    with pytest.raises(ValueError, match=r"sparsities must lie in \(0, 1\], got 0"):
+        sdr.threshold_sweep([2], [100], [0], [5])
+    with pytest.raises(ValueError, match=r"synapses must be <= every n, got s = 200 > n = 100"):
+        sdr.threshold_sweep([2], [100], [0.1], [200])
+
+
+def test_fast_random_subsets_are_uniform():
+    g = np.random.default_rng(0)
+    x = sdr._random_subsets(20_000, 100, 5, g)  # w² < n: the rejection sampler
+    assert x.sum(1).tolist() == [5] * 20_000
+    freq = x.double().mean(0).numpy()
+    assert np.abs(freq - 0.05).max() < 5 * np.sqrt(0.05 * 0.95 / 20_000)
+    pair = (x[:, 0] & x[:, 1]).double().mean()  # P(both of two given bits) = C(98, 3) / C(100, 5)
+    assert float(pair) == pytest.approx(math.comb(98, 3) / math.comb(100, 5), abs=5 * np.sqrt(0.002 / 20_000))
+    assert sdr._random_subsets(3, 10, 4, g).sum(1).tolist() == [4, 4, 4]  # w² >= n: falls back to random_sdrs
+
+
+def test_plot_rates():
+    fig = sdr.plot_rates({"a": {"x": [1, 2, 3], "rate": [0.5, 0.01, 0.0], "lo": [0.4, 0.005, 0.0],
+                                "hi": [0.6, 0.02, 0.001], "theory": [0.5, 0.01, 1e-4]}}, title="t")
+    names = [tr.name for tr in fig.data]
+    assert names == ["a: theory", "a: simulated", "a: 0 hits (upper bound)"]
+    assert list(fig.data[1].x) == [1, 2] and list(fig.data[2].y) == [0.001]  # zero hits: drawn at the upper bound
+    assert fig.layout.yaxis.type == "log"
+    lin = sdr.plot_rates({"b": {"x": [0, 1], "rate": [0.0, 1.0], "lo": [0.0, 0.9], "hi": [0.1, 1.0]}}, log_y=False)
+    assert len(lin.data) == 1 and list(lin.data[0].y) == [0.0, 1.0]
+    only = sdr.plot_rates({"c": {"x": [], "rate": [], "lo": [], "hi": [], "theory_x": [1, 2], "theory": [0.1, 0.2]}})
+    assert [tr.name for tr in only.data] == ["c: theory"]
+
+
 def test_noisy_match_subsampling():
     # no noise: the s synapses all see the pattern
     assert sdr.noisy_match_probability(20, 15, 10, 0) == 1.0
