@@ -141,6 +141,30 @@ def expect_close(name: str, actual, expected, atol: float = 1e-6, rtol: float = 
         )
 
 
+
+def is_njit(fn) -> bool:
+    """True for a function compiled by Numba (``@njit`` / ``@jit``): a dispatcher with a ``py_func``."""
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:  # numba is a labkit dependency; without it no answer can be compiled
+        return False
+    return isinstance(fn, Dispatcher)
+
+
+def allclose_answer(a: np.ndarray, b, atol: float = 1e-8, rtol: float = 1e-6) -> bool:
+    """True when ``a`` has ``b``'s shape and values (numpy ``allclose``); for checks that build their own message."""
+    b = to_numpy("expected", b)
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=rtol))
+
+
+def answer_tuple(what: str, result, names: tuple[str, ...]) -> tuple:
+    """``result`` as a tuple of ``len(names)`` values, or a failure naming the tuple the answer should return."""
+    expect(isinstance(result, (tuple, list)) and len(result) == len(names),
+           f"{what} should return the tuple ({', '.join(names)}), got {type(result).__name__}"
+           + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "") + ".")
+    return tuple(result)
+
+
 def for_all(strategy, test: Callable, max_examples: int = 25) -> None:
     """Run ``test(example)`` on examples drawn from a hypothesis ``strategy`` (derandomised, no database).
 

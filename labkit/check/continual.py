@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from labkit.check import allclose_answer as _close
 from labkit.check import answer_array as _array
 from labkit.check import answer_number as _number
+from labkit.check import answer_tuple as _tuple
 from labkit.check import call_answer as _call
 from labkit.check import exercise, expect, expect_close, for_all, to_numpy
-from labkit.check.memory import _is_njit
+from labkit.check import is_njit as _is_njit
 
 _SEEDS = st.integers(0, 2**16)
 SEED_CHOICE = 2024  # the generator seed of 4.4's determinism check
@@ -39,19 +41,6 @@ SEED_CHOICE = 2024  # the generator seed of 4.4's determinism check
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _close(a: np.ndarray, b, atol: float = 1e-8, rtol: float = 1e-6) -> bool:
-    b = to_numpy("expected", b)
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=rtol))
-
-
-def _tuple(what: str, result, names: tuple[str, ...]) -> tuple:
-    """A student's tuple result with ``len(names)`` entries, or a clear failure."""
-    expect(isinstance(result, (tuple, list)) and len(result) == len(names),
-           f"{what} should return the tuple ({', '.join(names)}), got {type(result).__name__}"
-           + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "") + ".")
-    return tuple(result)
 
 
 def _t(x: np.ndarray) -> torch.Tensor:

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from labkit.check import allclose_answer as _close
 from labkit.check import answer_array as _array
 from labkit.check import answer_number as _number
 from labkit.check import call_answer as _call
-from labkit.check import exercise, expect, expect_close, for_all, to_numpy
+from labkit.check import exercise, expect, expect_close, for_all
+from labkit.check import is_njit as _is_njit
 
 _SEEDS = st.integers(0, 2**16)
 F64 = torch.float64
@@ -37,21 +39,6 @@ ACCEPT_P_VALUE = 1e-5
 def _gaussian(seed: int, *shape: int) -> torch.Tensor:
     """A float64 tensor of i.i.d. standard normal entries, reproducible from ``seed``."""
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
-
-
-
-def _close(a: np.ndarray, b, atol: float = 1e-8, rtol: float = 1e-6) -> bool:
-    b = to_numpy("expected", b)
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=rtol))
-
-
-def _is_njit(fn) -> bool:
-    """True for a function compiled by Numba (``@njit`` / ``@jit``): a dispatcher with a ``py_func``."""
-    try:
-        from numba.core.dispatcher import Dispatcher
-    except ImportError:  # numba is a labkit dependency; without it no answer can be compiled
-        return False
-    return isinstance(fn, Dispatcher)
 
 
 def _forest(seed: int, n: int, root_prob: float) -> list[int]:

@@ -22,22 +22,16 @@ import torch
 from hypothesis import strategies as st
 
 from labkit.check import answer_array as _array
+from labkit.check import answer_tuple as _tuple
 from labkit.check import call_answer as _call
 from labkit.check import exercise, expect, expect_close, for_all
-from labkit.check.memory import _is_njit
+from labkit.check import is_njit as _is_njit
 
 _SEEDS = st.integers(0, 2**16)
 
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _tuple(what: str, result, names: tuple[str, ...]) -> tuple:
-    expect(isinstance(result, (tuple, list)) and len(result) == len(names),
-           f"{what} should return the tuple ({', '.join(names)}), got {type(result).__name__}"
-           + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "") + ".")
-    return tuple(result)
 
 
 # ------------------------------------------------------------------------------ 5.1 a safe FTS5 query

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from labkit.check import allclose_answer as _close
 from labkit.check import answer_array as _array
 from labkit.check import answer_number as _number
 from labkit.check import call_answer as _call
-from labkit.check import exercise, expect, expect_close, for_all, to_numpy
+from labkit.check import exercise, expect, expect_close, for_all
+from labkit.check import is_njit as _is_njit
 
 _SEEDS = st.integers(0, 2**16)
 _DIMS = st.integers(1, 8)
@@ -31,20 +33,6 @@ _DIMS = st.integers(1, 8)
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _close(a: np.ndarray, b, atol: float = 1e-8, rtol: float = 1e-6) -> bool:
-    b = to_numpy("expected", b)
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=rtol))
-
-
-def _is_njit(fn) -> bool:
-    """True for a function compiled by Numba (``@njit`` / ``@jit``)."""
-    try:
-        from numba.core.dispatcher import Dispatcher
-    except ImportError:  # numba is a labkit dependency
-        return False
-    return isinstance(fn, Dispatcher)
 
 
 def _normal(rng: np.random.Generator, *shape: int, size: float = 1.0) -> torch.Tensor:

@@ -25,21 +25,15 @@ from hypothesis import strategies as st
 from labkit.check import _context, exercise, expect, expect_close, for_all
 from labkit.check import answer_array as _array
 from labkit.check import answer_number as _number
+from labkit.check import answer_tuple as _tuple
 from labkit.check import call_answer as _call
-from labkit.check.memory import _is_njit
+from labkit.check import is_njit as _is_njit
 
 _SEEDS = st.integers(0, 2**16)
 
 
 def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def _tuple(what: str, result, names: tuple[str, ...]) -> tuple:
-    expect(isinstance(result, (tuple, list)) and len(result) == len(names),
-           f"{what} should return the tuple ({', '.join(names)}), got {type(result).__name__}"
-           + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "") + ".")
-    return tuple(result)
 
 
 def _close(a: np.ndarray, b: np.ndarray, atol: float = 1e-9, rtol: float = 1e-9) -> bool:
