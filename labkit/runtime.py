@@ -142,3 +142,17 @@ def load_results(default: Path, script: str, path: str | Path | None = None, wha
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {path}: run `python -m {script}` to write it")
     return json.loads(path.read_text())
+
+
+def benchmark_results(name: str) -> dict:
+    """A results file of ``benchmarks/`` (e.g. ``"snn-peers-vm.json"``) from the repository labkit runs in.
+
+    Benchmark results live in the repository, not in the labkit package: from a bare ``pip install`` (Colab) a
+    ``FileNotFoundError`` says to clone the repository, where they are committed.
+    """
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
+    if not path.exists():
+        raise FileNotFoundError(f"no benchmark results at {path}: they are committed in the repository "
+                                "(git clone https://github.com/engram-book/engram and run this notebook there), or "
+                                "write them with the script named in benchmarks/")
+    return json.loads(path.read_text())

@@ -143,3 +143,11 @@ def test_expect_close_names_a_nan_answer_instead_of_crashing():
         check(np.full(4, np.nan))
     with pytest.raises(AssertionError, match="non-finite.*index \\(1,\\)"):
         check(np.array([0.0, np.inf, 2.0, 3.0]))
+
+
+def test_benchmark_results_reads_committed_files_and_names_a_missing_one():
+    from labkit.runtime import benchmark_results
+
+    assert benchmark_results("snn-peers-vm.json")["benchmark"] == "snn_peers"
+    with pytest.raises(FileNotFoundError, match="git clone"):
+        benchmark_results("no-such-results.json")
