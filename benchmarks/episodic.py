@@ -33,7 +33,6 @@ import importlib
 import json
 import os
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -51,26 +50,12 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from run import machine  # noqa: E402
+from run import machine, take_turns  # noqa: E402
 
 from labkit.kernels import available_backends  # noqa: E402
 
 pk = importlib.import_module("labkit.kernels.ppr")
 st = importlib.import_module("labkit.kernels.sim_topk")
-
-
-def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time in ms of each function; warm-up calls first, then the functions take turns."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # ---- PPR -----------------------------------------------------------------------------------------------
@@ -159,8 +144,8 @@ def bench_ppr(N: int, m: int, B: int, alpha: float, tol: float, repeats: int, nx
         runs[f"{b} fp64"] = lambda b=b: pk.ppr(graph, s_t, alpha, tol, 1000, backend=b)
         runs[f"{b} end to end"] = lambda b=b: pk.ppr((indptr, indices, w), s_t, alpha, tol, 1000, backend=b)
         runs[f"{b} fp32 tol={tol32:g}"] = lambda b=b: pk.ppr(graph, s_t.float(), alpha, tol32, 1000, backend=b)
-    timings = measure(runs, repeats)
-    nx_t = measure({"networkx": lambda: networkx_ppr(G, s, alpha, tol),
+    timings = take_turns(runs, repeats)
+    nx_t = take_turns({"networkx": lambda: networkx_ppr(G, s, alpha, tol),
                     "networkx matrix build": lambda: networkx_build(G, B)}, nx_repeats, warmup=0)
     want = networkx_ppr(G, s, alpha, tol)
     want_top = top10(want)
@@ -205,7 +190,7 @@ def bench_sim(N: int, d: int, k: int, repeats: int, fast: list[str], max_full_gb
     full = 4 * N * N / 1e9 <= max_full_gb
     if full:
         runs["reference (full matrix + sort)"] = lambda: st.reference(X, k)
-    timings = measure(runs, repeats)
+    timings = take_turns(runs, repeats)
     ti, tv = st.sim_topk(X, k, backend="torch")
     records = []
     for name, ms in timings.items():

@@ -28,7 +28,6 @@ import importlib
 import json
 import os
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from run import machine, memory_bandwidth  # noqa: E402
+from run import kernel_records, machine, memory_bandwidth, take_turns  # noqa: E402
 
 from labkit.continual.merging import _ties_vector  # noqa: E402
 from labkit.kernels import available_backends  # noqa: E402
@@ -63,32 +62,7 @@ def _sync() -> None:
 
 
 def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time in ms of each function; warm-up calls first, then the functions take turns."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def _records(op_name: str, case: str, timings: dict[str, float], ref: str, moved: int | None, copy_gbps: float,
-             **extra) -> list[dict]:
-    out = []
-    for name, ms in timings.items():
-        r = {"op": op_name, "case": case, "backend": name, "ms": round(ms, 3),
-             "speedup_vs_reference": round(timings[ref] / ms, 2), **extra.get(name, {})}
-        if moved is not None:
-            gbps = moved / ms / 1e6
-            r.update(gbps=round(gbps, 2), roofline=round(gbps / copy_gbps, 3), bytes=moved)
-        out.append(r)
-    return out
+    return take_turns(fns, repeats, warmup, sync=_sync)
 
 
 def bench_merge_update(P: int, repeats: int, copy_gbps: float, fast: list[str]) -> list[dict]:
@@ -105,7 +79,7 @@ def bench_merge_update(P: int, repeats: int, copy_gbps: float, fast: list[str]) 
     for b in fast:
         m, d, sq = mu.merge_update(w0, D, tau, 1.0, 0.3, backend=b)
         extra[b] = {"max_abs_err": float((m - expected[0]).abs().max()), "sq_rel_err": abs(sq / expected[2] - 1)}
-    return _records("merge_update", f"P={P}", timings, "reference", 20 * P, copy_gbps, **extra)
+    return kernel_records("merge_update", f"P={P}", timings, "reference", 20 * P, copy_gbps, **extra)
 
 
 def bench_ties(T: int, P: int, density: float, repeats: int, copy_gbps: float, fast: list[str],
@@ -124,11 +98,11 @@ def bench_ties(T: int, P: int, density: float, repeats: int, copy_gbps: float, f
     expected = tm.reference(tv, density)
     extra = {b: {"max_abs_err": float((tm.ties_merge(tv, density, backend=b) - expected).abs().max())} for b in fast}
     moved = 4 * (T * P + P)  # every τ_i read once, m written once (the thresholds' passes not counted)
-    out = _records("ties_merge", f"end to end T={T},P={P},d={density}", measure(runs, repeats), "reference",
+    out = kernel_records("ties_merge", f"end to end T={T},P={P},d={density}", measure(runs, repeats), "reference",
                    moved, copy_gbps, **extra)
-    out += _records("ties_merge", f"merge only T={T},P={P}", measure(merge_only, repeats), "reference", moved,
+    out += kernel_records("ties_merge", f"merge only T={T},P={P}", measure(merge_only, repeats), "reference", moved,
                     copy_gbps)
-    out += _records("ties_thresholds", f"T={T},P={P},d={density}", measure(thresholds, repeats), "torch kthvalue",
+    out += kernel_records("ties_thresholds", f"T={T},P={P},d={density}", measure(thresholds, repeats), "torch kthvalue",
                     4 * T * P, copy_gbps)
     # chapter 4's _ties_vector (topk + dict plumbing) -- slow, so fewer repeats (still >= 5)
     tvs = [{"w": tv[i]} for i in range(T)]
@@ -173,7 +147,7 @@ def bench_opcm(n_layers: int, m: int, n: int, alpha: float, repeats: int, fast: 
             "ranks_equal": r == ref_r}
     extra["reference (per layer)"] = {"mean_rank": sum(ref_r) / len(ref_r)}
     extra.update({k: {"inner_dim_K": int(L.shape[2])} for k in runs if k.startswith("correction only")})
-    out = _records("opcm_project", f"{n_layers} x ({m}, {n}), alpha={alpha}, {projection}", timings,
+    out = kernel_records("opcm_project", f"{n_layers} x ({m}, {n}), alpha={alpha}, {projection}", timings,
                    "reference (per layer)", None, 0.0, **extra)
     base = timings["correction only: torch baddbmm"]
     for r in out:

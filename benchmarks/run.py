@@ -114,6 +114,46 @@ class Timer:
         return 1e3 * (time.perf_counter() - start)
 
 
+def take_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, flush: torch.Tensor | None = None,
+               sync: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median wall time in ms of each function: warm-up calls first, then the functions take turns (so a drifting
+    machine slows them alike), each timed call preceded (untimed) by a pass over ``flush`` when given, and followed
+    by ``sync`` (e.g. ``torch.cuda.synchronize``) inside the timing when given."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    if sync is not None:
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if flush is not None:
+                flush.add_(1.0)
+            t0 = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def kernel_records(op_name: str, case: str, timings: dict[str, float], ref: str, moved: float | None,
+                   copy_gbps: float, peer: str | None = None, **extra) -> list[dict]:
+    """One JSON record per backend: ms, speed-up over ``ref`` (and ``peer``), and with ``moved`` bytes the GB/s and
+    roofline fraction (of the copy bandwidth); ``extra[backend]`` adds fields to that backend's record."""
+    out = []
+    for name, ms in timings.items():
+        r = {"op": op_name, "case": case, "backend": name, "ms": round(ms, 4),
+             "speedup_vs_reference": round(timings[ref] / ms, 2)}
+        if peer is not None:
+            r["speedup_vs_peer"] = round(timings[peer] / ms, 2)
+        if moved is not None:
+            gbps = moved / ms / 1e6
+            r.update(gbps=round(gbps, 3), roofline=round(gbps / copy_gbps, 4), bytes=int(moved))
+        r.update(extra.get(name, {}))
+        out.append(r)
+    return out
+
 def memory_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict[str, float]:
     """GB/s of copying ``nbytes`` (counted as 2 * nbytes moved: read + write) with torch and numpy, and of
     only reading them (``sum``, for reference: no write-allocate traffic), median over repeats."""

@@ -45,7 +45,6 @@ import importlib
 import json
 import os
 import socket
-import statistics
 import sys
 import time
 import warnings
@@ -62,7 +61,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from run import FLUSH_BYTES, machine, memory_bandwidth  # noqa: E402
+from run import FLUSH_BYTES, kernel_records, machine, memory_bandwidth, take_turns  # noqa: E402
 
 from labkit.kernels import available_backends  # noqa: E402
 from labkit.snn.lif import LIFParams, STDPParams  # noqa: E402
@@ -74,40 +73,6 @@ sm = importlib.import_module("labkit.kernels.sdr_match")
 
 DEVICE = torch.device("cpu")
 OPS = ("lif_step", "spike_propagate", "sdr_match")
-
-
-def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, flush: torch.Tensor | None = None,
-            ) -> dict[str, float]:
-    """Median wall time in ms of each function; warm-up calls first, then the functions take turns, each timed call
-    preceded (untimed) by a pass over ``flush`` (a buffer larger than the last-level cache) when given."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if flush is not None:
-                flush.add_(1.0)
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def _records(op_name: str, case: str, timings: dict[str, float], ref: str, moved: float | None, copy_gbps: float,
-             peer: str | None = None, **extra) -> list[dict]:
-    out = []
-    for name, ms in timings.items():
-        r = {"op": op_name, "case": case, "backend": name, "ms": round(ms, 4),
-             "speedup_vs_reference": round(timings[ref] / ms, 2)}
-        if peer is not None:
-            r["speedup_vs_peer"] = round(timings[peer] / ms, 2)
-        if moved is not None:
-            gbps = moved / ms / 1e6
-            r.update(gbps=round(gbps, 3), roofline=round(gbps / copy_gbps, 4), bytes=int(moved))
-        r.update(extra.get(name, {}))
-        out.append(r)
-    return out
 
 
 # ---- lif_step ------------------------------------------------------------------------------------------------
@@ -195,13 +160,13 @@ def bench_lif(N: int, M: int | None, steps: int, repeats: int, copy_gbps: float,
         moved += 16 * (M + N) + 8 * N * s_pre + 8 * M * s_post
     states = {b: _clone(state) for b in backends}
     runs = {b: _lif_runner(b, states[b], coeffs, stdp, steps) for b in backends}
-    timings = {b: ms / steps for b, ms in measure(runs, repeats, flush=flush).items()}
+    timings = {b: ms / steps for b, ms in take_turns(runs, repeats, flush=flush).items()}
     for b in backends[1:]:  # every backend stepped n_calls * steps times from the same state
         extra[b]["equal_after_timing"] = _state_diff(states["reference"], states[b])[0]
     case = f"N={N}" + (f", STDP W ({M}, {N}), 2% pre" if plastic else "")
     for r in extra.values():
         r.update(steps_per_call=steps, spikes_per_step=round(s_post, 1))
-    return _records("lif_step", case, timings, "reference", moved, copy_gbps, **extra)
+    return kernel_records("lif_step", case, timings, "reference", moved, copy_gbps, **extra)
 
 
 # ---- spike_propagate -----------------------------------------------------------------------------------------
@@ -279,14 +244,14 @@ def bench_propagate(N: int, deg: int, D: int, fractions: list[float], repeats: i
                              "own_roofline": None} for name in runs if name.startswith("dense")})
         extra.update({name: {**extra[name], "own_bytes": 12 * M * deg + 8 * (N + 1) + 4 * M + 8 * N,
                              "own_roofline": None} for name in runs if name.startswith("torch.sparse")})
-        timings = measure(runs, repeats, flush=flush)
+        timings = take_turns(runs, repeats, flush=flush)
         for name in runs:
             if "own_bytes" in extra[name]:
                 extra[name]["own_roofline"] = round(extra[name]["own_bytes"] / timings[name] / 1e6 / copy_gbps, 4)
             extra[name]["active_synapses"] = active
         case = (f"N=M={N}, E={M * deg}, D={D}, {100 * frac:g}% spiking (S={S}), "
                 + ("per-synapse delays" if per else f"delay {delay}"))
-        records += _records("spike_propagate", case, timings, "reference", moved, copy_gbps, peer, **extra)
+        records += kernel_records("spike_propagate", case, timings, "reference", moved, copy_gbps, peer, **extra)
     return records
 
 
@@ -336,9 +301,9 @@ def bench_sdr(n: int, k: int, theta: int, Ms: list[int], Bs: list[int], repeats:
             for name in ["reference", *fast]:
                 extra[name]["stored_bytes"] = footprint["packed int64"]
             moved = (M + B) * W * 8 + 5 * B * M
-            timings = measure(runs, repeats, flush=flush)
+            timings = take_turns(runs, repeats, flush=flush)
             case = f"n={n}, k={k}, theta={theta}, M={M}, B={B}"
-            recs = _records("sdr_match", case, timings, "reference", moved, copy_gbps, "float32 matmul (peer)",
+            recs = kernel_records("sdr_match", case, timings, "reference", moved, copy_gbps, "float32 matmul (peer)",
                             **extra)
             packed = footprint["packed int64"]
             for r in recs:
